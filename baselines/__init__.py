@@ -1,0 +1,1 @@
+"""Baseline recommenders; each module is one model behind the `bench.models` contract."""

@@ -1,0 +1,1 @@
+"""PageLLM: the paper's method (filled in by the PageLLM issue)."""
