@@ -1,0 +1,48 @@
+"""`itemknn`: item-item cosine similarity over the training matrix, top-k neighbours per item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from bench.models import Model, ModelConfig
+
+
+@dataclass(frozen=True)
+class ItemKNNConfig(ModelConfig):
+    k: int = field(default=100, metadata={"help": "neighbours kept per item"})
+    shrink: float = field(default=0.0, metadata={"help": "shrinkage added to the cosine denominator"})
+
+
+class ItemKNN(Model):
+    Config = ItemKNNConfig
+
+    def fit(self, split, config: ItemKNNConfig, workdir: Path) -> None:
+        x = split.matrix(("train",)).astype(np.float32)
+        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+        sim = (x.T @ x).tocsr().astype(np.float32)
+        sim = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ sim @ sp.diags(1.0 / np.maximum(norms, 1e-12))
+        if config.shrink:
+            co = (x.T @ x).tocsr()
+            sim = sim.multiply(co / (co + config.shrink))
+        sim = sp.csr_matrix(sim)
+        sim.setdiag(0.0)
+        sim.eliminate_zeros()
+        self.sim = _keep_top_k_per_column(sim, config.k)
+
+    def score(self, users: np.ndarray, history) -> np.ndarray:
+        return np.asarray((history @ self.sim).todense(), dtype=np.float32)
+
+
+def _keep_top_k_per_column(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep, for each target item (column), its k most similar source items (ties: lower index)."""
+    coo = sim.tocoo()
+    order = np.lexsort((coo.row, -coo.data, coo.col))
+    cols = coo.col[order]
+    starts = np.r_[0, np.flatnonzero(cols[1:] != cols[:-1]) + 1] if len(cols) else np.zeros(0, dtype=int)
+    rank = np.arange(len(cols)) - np.repeat(starts, np.diff(np.r_[starts, len(cols)]))
+    keep = order[rank < k]
+    return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=sim.shape)

@@ -1,0 +1,222 @@
+"""The `bench` command. The only module that prints or reads sys.argv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+
+logger = logging.getLogger("bench")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="PageLLM reproduction and recommendation benchmark harness.")
+    p.add_argument("--root", help="workspace root for data/ and results/ (default: $BENCH_HOME or the current directory)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    ls = sub.add_parser("ls", help="list models, datasets and presets")
+    ls.add_argument("what", nargs="?", choices=["models", "datasets", "presets", "all"], default="all")
+    ls.add_argument("--model", help="show the settings of one model")
+
+    run = sub.add_parser("run", help="train and score models on datasets; one result JSON per job")
+    run.add_argument("--models", help="comma-separated model names or 'all' (default: the preset's)")
+    run.add_argument("--datasets", help="comma-separated dataset names or 'all' (default: the preset's)")
+    run.add_argument("--seeds", type=_ints, help="comma-separated seeds (default: the preset's)")
+    run.add_argument("--preset", help="a preset from `bench ls presets` (default: smoke when no --models/--datasets "
+                                      "are given, else default)")
+    run.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                     help="override a setting, e.g. --set ease.l2=200 or --set split.protocol=loo (repeatable)")
+    run.add_argument("--overwrite", action="store_true", help="recompute jobs whose result already exists")
+    run.add_argument("--download", action="store_true", help="download missing raw files first")
+    run.add_argument("--no-table", action="store_true", help="do not regenerate results/LEADERBOARD.md")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    score = sub.add_parser("score", help="score anyone's recommendation lists with the evaluator")
+    score.add_argument("--train", required=True, type=Path, help="CSV user_id,item_id[,rating] (history to mask)")
+    score.add_argument("--test", required=True, type=Path, help="CSV user_id,item_id[,rating] (held-out items)")
+    score.add_argument("--recs", required=True, type=Path, help="CSV user_id,item_id,rank")
+    score.add_argument("--valid", type=Path, help="CSV user_id,item_id[,rating] (also masked)")
+    score.add_argument("--items", type=Path, help="CSV item_id[,title][,brand][,categories] (categories with |)")
+    score.add_argument("--k", type=_ints, default=(20, 40, 100), help="cutoffs (default 20,40,100)")
+    score.add_argument("--similarity", choices=["category", "text"], default="category")
+    score.add_argument("--encoder", help="sentence encoder for --similarity text (default: offline all-MiniLM-L6-v2)")
+    score.add_argument("--out", type=Path, help="write the metrics JSON here")
+
+    table = sub.add_parser("table", help="render results/LEADERBOARD.md and results/tables/ from result files")
+    table.add_argument("--preset", help="only this preset's results")
+
+    data = sub.add_parser("data", help="download, register, prepare and split datasets")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    dl = dsub.add_parser("download", help="download raw files of Amazon datasets")
+    dl.add_argument("--datasets", required=True, help="comma-separated names or 'all'")
+    dl.add_argument("--base-url", help="replace the release's base URL (a mirror or a local server)")
+    prep = dsub.add_parser("prepare", help="read raw files into canonical tables; with --source, register your own data")
+    prep.add_argument("--dataset", required=True, help="a built-in name, or a new name for your data")
+    prep.add_argument("--source", type=Path, help="your file or directory (registers it under --dataset)")
+    prep.add_argument("--format", help="amazon2014 | amazon2018 | amazon2023 | generic (default: detect)")
+    prep.add_argument("--min-core", type=int, default=0, help="apply a k-core filter when reading")
+    prep.add_argument("--download", action="store_true", help="download missing raw files first")
+    spl = dsub.add_parser("split", help="write the fixed split files of a dataset and print where they are")
+    spl.add_argument("--dataset", required=True)
+    spl.add_argument("--protocol", default="random", help="random | loo | temporal")
+    spl.add_argument("--seed", type=int, default=0)
+    spl.add_argument("--cold-start", action="store_true")
+    spl.add_argument("--recbole", action="store_true", help="also export RecBole atomic files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished jobs are saved; rerun to continue", file=sys.stderr)
+        return 130
+
+
+def _ws(args):
+    from bench.paths import Workspace
+
+    return Workspace.at(args.root)
+
+
+def cmd_ls(args) -> int:
+    from tabulate import tabulate
+
+    from bench import config as cfg
+    from bench.data.datasets import get_dataset, dataset_names
+    from bench.models import MODELS
+
+    ws = _ws(args)
+    if args.model:
+        cls = MODELS.get(args.model).Config
+        print(tabulate(cfg.describe(cls), headers=["setting", "default", "help"], tablefmt="github"))
+        return 0
+    if args.what in ("models", "all"):
+        rows = [(n, e.meta.get("family", ""), "yes" if e.meta.get("gpu") else "no", e.meta.get("minutes", ""))
+                for n, e in ((n, MODELS.entry(n)) for n in MODELS)]
+        print(tabulate(rows, headers=["model", "family", "needs GPU", "typical minutes"], tablefmt="github"))
+        print()
+    if args.what in ("datasets", "all"):
+        rows = []
+        for n in dataset_names(ws):
+            spec = get_dataset(n, ws)
+            rows.append((n, spec.release, spec.category or "", spec.description))
+        print(tabulate(rows, headers=["dataset", "release", "category", "description"], tablefmt="github"))
+        print()
+    if args.what in ("presets", "all"):
+        rows = [(n, cfg.load_preset(n).description) for n in cfg.preset_names()]
+        print(tabulate(rows, headers=["preset", "description"], tablefmt="github", maxcolwidths=[None, 90]))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench import config as cfg
+    from bench.runner import plan, run_grid
+    from bench.tables import write_leaderboard
+
+    ws = _ws(args)
+    preset_name = args.preset or ("smoke" if not (args.models or args.datasets) else "default")
+    preset = cfg.load_preset(preset_name)
+    jobs = plan(preset, ws, models=args.models, datasets=args.datasets, seeds=args.seeds,
+                overrides=cfg.parse_overrides(args.overrides))
+    print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
+    outcomes = run_grid(jobs, preset, ws, overwrite=args.overwrite, download=args.download,
+                        progress=not args.no_progress)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed")}
+    for o in outcomes:
+        if o.status == "failed":
+            print(f"FAILED {o.job.key}: {o.error}\n  traceback: {o.path}", file=sys.stderr)
+    if not args.no_table:
+        paths = write_leaderboard(ws)
+        print(f"leaderboard: {paths[0]}")
+    print(f"summary: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_score(args) -> int:
+    from bench.io import write_json_atomic
+    from bench.score import format_table, score_files
+
+    result = score_files(args.train, args.test, args.recs, valid=args.valid, items=args.items, ks=args.k,
+                         similarity=args.similarity, encoder=args.encoder)
+    print(format_table(result))
+    if args.out:
+        write_json_atomic(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from bench.tables import write_leaderboard
+
+    for path in write_leaderboard(_ws(args), args.preset):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from bench.data import datasets as ds
+
+    ws = _ws(args)
+    if args.data_command == "download":
+        from bench.data import download as dl
+
+        for name in ds.resolve_datasets(args.datasets, ws):
+            spec = ds.get_dataset(name, ws)
+            if spec.release not in dl.RELEASES:
+                print(f"{name}: nothing to download ({spec.release})")
+                continue
+            base = {"reviews": args.base_url, "meta": args.base_url} if args.base_url else None
+            paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base)
+            print(f"{name}: " + ", ".join(str(p) for p in paths))
+        return 0
+    if args.data_command == "prepare":
+        if args.source:
+            spec = ds.register_user_dataset(ws, args.dataset, args.source, args.format, args.min_core)
+        else:
+            spec = ds.get_dataset(args.dataset, ws)
+        interactions, items, source_hash = ds.prepare(spec, ws, download=args.download)
+        print(f"{spec.name}: {len(interactions)} interactions, {interactions['user'].nunique()} users, "
+              f"{interactions['item'].nunique()} items, {len(items)} items with metadata -> {ws.processed(spec.name)}")
+        return 0
+    if args.data_command == "split":
+        from bench.data.splits import SplitSpec
+
+        split_spec = SplitSpec(protocol=args.protocol, seed=args.seed, cold_start=args.cold_start)
+        split = ds.ensure_split(args.dataset, ws, split_spec)
+        print(json.dumps({"directory": str(split.directory), "hash": split.hash, **split.stats}, indent=2))
+        if args.recbole:
+            from bench.data.recbole_export import export_recbole
+
+            print(f"RecBole files: {export_recbole(split, ws)}")
+        return 0
+    print("usage: bench data {download,prepare,split} ...", file=sys.stderr)
+    return 2
+
+
+COMMANDS = {"ls": cmd_ls, "run": cmd_run, "score": cmd_score, "table": cmd_table, "data": cmd_data}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The model contract and the models registry.
+
+A model is one class with a frozen config dataclass ``Config`` (defaults from its paper):
+
+    model = Model()
+    model.fit(split, config, workdir)      # train on split.train; split.valid for early stopping
+    model.score(users, history)            # (len(users), n_items) scores, higher = better
+  or, for models that produce lists rather than scores (LLMs):
+    model.rank(users, k, history)          # (len(users), >= k) item indices, best first, -1 = empty
+
+``history`` is the (len(users), n_items) CSR matrix of what each user is known to have
+interacted with before the scored part (train when scoring valid, train + valid when
+scoring test). A model may use it as input; it never sees the scored part. The harness,
+not the model, removes history items before taking the top-K (`bench.runner.top_k`), so
+every model is masked the same way.
+
+Adding a model = one file + one line below + (optionally) bench/configs/models/<name>.yaml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    seed: int = field(default=0, metadata={"help": "random seed of initialisation and sampling"})
+
+
+class Model:
+    Config: type[ModelConfig] = ModelConfig
+
+    def fit(self, split, config: ModelConfig, workdir: Path) -> None:
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray, history) -> np.ndarray:
+        raise NotImplementedError
+
+    def rank(self, users: np.ndarray, k: int, history) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def produces_lists(self) -> bool:
+        return type(self).rank is not Model.rank and type(self).score is Model.score
+
+    def extra_result(self) -> dict:
+        """Model-specific fields stored in the result JSON (losses, warnings, costs)."""
+        return {}
+
+
+MODELS: Registry[type[Model]] = Registry("model")
+# name, "module:Class", family, needs_gpu, typical minutes on a paper-size dataset (CPU for sanity models)
+MODELS.register("random", "baselines.popularity:RandomModel", family="sanity", gpu=False, minutes=0.1)
+MODELS.register("pop", "baselines.popularity:PopModel", family="sanity", gpu=False, minutes=0.1)
+MODELS.register("itemknn", "baselines.itemknn:ItemKNN", family="sanity", gpu=False, minutes=1)
+MODELS.register("ease", "baselines.ease:EASE", family="sanity", gpu=False, minutes=2)

@@ -1,0 +1,219 @@
+"""The grid runner: (preset, dataset, split, model, seed) jobs -> one result JSON each.
+
+The result file is the cache: a job is skipped when its JSON exists with the same config
+hash and split hash (``--overwrite`` forces). Every file is written atomically, and the
+JSON last, so a killed run leaves either a complete result or none. A failing job is
+logged with its traceback file and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import config as cfg
+from bench.data.datasets import ensure_split, resolve_datasets
+from bench.data.splits import Split, SplitSpec
+from bench.errors import BenchError
+from bench.io import atomic_path, hash_json, write_json_atomic, write_text_atomic
+from bench.models import MODELS, Model
+from bench.paths import Workspace
+from bench.provenance import PeakMemory, provenance
+
+logger = logging.getLogger(__name__)
+
+RESULT_SCHEMA = 1
+METRICS_VERSION = "spec/metrics.md@1"  # bump when the evaluator's definitions change
+
+
+@dataclass(frozen=True)
+class Job:
+    preset: str
+    dataset: str
+    split: SplitSpec
+    model: str
+    seed: int
+    config: object  # the model's resolved frozen Config
+
+    @property
+    def key(self) -> str:
+        return f"{self.preset}/{self.dataset}/{self.split.name}/{self.model}/seed{self.seed}"
+
+    def result_path(self, ws: Workspace) -> Path:
+        return ws.runs / self.preset / self.dataset / self.split.name / self.model / f"seed{self.seed}.json"
+
+    def config_hash(self, preset: cfg.Preset) -> str:
+        return hash_json({"model": self.model, "config": cfg.to_dict(self.config), "topk": preset.topk,
+                          "ks": list(preset.ks), "metrics": METRICS_VERSION})
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # ran | skipped | failed
+    path: Path | None = None
+    error: str | None = None
+
+
+def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds=None,
+         overrides: dict | None = None) -> list[Job]:
+    """Expand a preset (narrowed by --models/--datasets/--seeds, changed by --set) into jobs."""
+    overrides = dict(overrides or {})
+    model_names = MODELS.resolve(models or list(preset.models))
+    dataset_names = resolve_datasets(datasets or list(preset.datasets), ws)
+    seed_list = [int(s) for s in (seeds if seeds is not None else preset.seeds)]
+    split_over = overrides.pop("split", {})
+    splits = [cfg.build(SplitSpec, {**s, **split_over}, "split") for s in preset.splits]
+    unknown_scopes = set(overrides) - set(model_names)
+    if unknown_scopes:
+        raise BenchError(f"--set names {sorted(unknown_scopes)}, which are not models of this run "
+                         f"({', '.join(model_names)}) nor 'split'")
+    configs = {}
+    for name in model_names:
+        cls = MODELS.get(name).Config
+        values = {**cfg.model_yaml(name, preset.model_settings), **(preset.models_config.get(name) or {}),
+                  **overrides.get(name, {})}
+        configs[name] = cfg.build(cls, values, name)
+    return [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed))
+            for d in dataset_names for s in splits for m in model_names for seed in seed_list]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 1024) -> np.ndarray:
+    """(len(users), k) item indices, best first, history removed, -1 where fewer than k remain.
+
+    The one place where lists are cut: every model's history is masked here, identically.
+    """
+    from bench.evaluator import clean_lists
+
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        hist = history[batch]
+        if model.produces_lists:
+            lists = np.asarray(model.rank(batch, k, hist), dtype=np.int64)
+            lists = clean_lists(lists, np.arange(len(batch)), hist)[:, :k]
+            out[start:start + len(batch), :lists.shape[1]] = lists
+            continue
+        scores = np.array(model.score(batch, hist), dtype=np.float32, copy=True)
+        scores[np.isnan(scores)] = -np.inf
+        rows, cols = hist.nonzero()
+        scores[rows, cols] = -np.inf
+        kk = min(k, scores.shape[1])
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -part_scores), axis=1)  # ties: lower item index first
+        ranked = np.take_along_axis(part, order, axis=1)
+        ranked[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
+        out[start:start + len(batch), :kk] = ranked
+    return out
+
+
+def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...]):
+    from bench.evaluator import evaluate
+
+    truth = split.ground_truth(part)
+    users = np.unique(getattr(split, part)["user"].to_numpy())
+    recs = top_k(model, users, truth.history, topk)
+    return evaluate(recs, users, truth, ks=ks), users, recs
+
+
+def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = False, download: bool = False,
+            split: Split | None = None) -> Outcome:
+    path = job.result_path(ws)
+    split = split or ensure_split(job.dataset, ws, job.split, download=download)
+    config_hash = job.config_hash(preset)
+    if path.exists() and not overwrite:
+        from bench.results import load_result
+
+        try:
+            old = load_result(path)
+            if old.get("config_hash") == config_hash and old.get("split", {}).get("hash") == split.hash:
+                return Outcome(job, "skipped", path)
+        except BenchError:
+            logger.warning("unreadable result %s is recomputed", path)
+
+    workdir = ws.root / "work" / job.key
+    workdir.mkdir(parents=True, exist_ok=True)
+    seed_everything(job.seed)
+    model = MODELS.get(job.model)()
+    with PeakMemory() as memory:
+        t0 = time.perf_counter()
+        model.fit(split, job.config, workdir)
+        t1 = time.perf_counter()
+        test_eval, test_users, test_recs = evaluate_split(model, split, "test", preset.topk, preset.ks)
+        t2 = time.perf_counter()
+        valid_eval, _, _ = evaluate_split(model, split, "valid", preset.topk, preset.ks)
+
+    stem = path.with_suffix("")
+    per_user_path = stem.parent / f"{stem.name}.per_user.csv.gz"
+    recs_path = stem.parent / f"{stem.name}.recs.csv.gz"
+    per_user = test_eval.per_user.copy()
+    per_user.insert(0, "user_id", split.user_ids[per_user["user"].to_numpy()])
+    with atomic_path(per_user_path) as tmp:
+        per_user.drop(columns=["user"]).to_csv(tmp, index=False, compression="gzip", float_format="%.6g")
+    with atomic_path(recs_path) as tmp:
+        _recs_frame(split, test_users, test_recs).to_csv(tmp, index=False, compression="gzip")
+    result = {
+        "schema": RESULT_SCHEMA,
+        "preset": job.preset, "dataset": job.dataset, "model": job.model, "seed": job.seed,
+        "split": {"name": split.name, "hash": split.hash, **split.spec, **split.stats},
+        "config": cfg.to_dict(job.config), "config_hash": config_hash,
+        "metrics": test_eval.metrics, "valid_metrics": valid_eval.metrics, "n_users": test_eval.n_users,
+        "metric_settings": {"ks": list(preset.ks), "topk": preset.topk, "ranked_k": 100, "diversity_k": 20,
+                            "similarity": "category", "definitions": METRICS_VERSION},
+        "per_user": per_user_path.name, "recs": recs_path.name,
+        "timing": {"fit_seconds": round(t1 - t0, 3), "predict_seconds": round(t2 - t1, 3), **memory.report()},
+        "model_info": model.extra_result(),
+        "provenance": provenance(),
+    }
+    write_json_atomic(path, result)
+    return Outcome(job, "ran", path)
+
+
+def _recs_frame(split: Split, users: np.ndarray, recs: np.ndarray) -> pd.DataFrame:
+    rows, ranks = np.nonzero(recs >= 0)
+    return pd.DataFrame({"user_id": split.user_ids[users[rows]], "item_id": split.item_ids[recs[rows, ranks]],
+                         "rank": ranks + 1})
+
+
+def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: bool = False,
+             download: bool = False, progress: bool = True) -> list[Outcome]:
+    from tqdm.auto import tqdm
+
+    outcomes = []
+    splits: dict[tuple[str, SplitSpec], Split] = {}  # each split is checked and loaded once per grid
+    bar = tqdm(jobs, desc="jobs", unit="job", disable=not progress)
+    for job in bar:
+        bar.set_postfix_str(job.key, refresh=True)
+        try:
+            key = (job.dataset, job.split)
+            if key not in splits:
+                splits[key] = ensure_split(job.dataset, ws, job.split, download=download)
+            outcome = run_job(job, preset, ws, overwrite=overwrite, download=download, split=splits[key])
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failing job must not stop the grid
+            log = ws.results / "failures" / (job.key.replace("/", "__") + ".txt")
+            write_text_atomic(log, traceback.format_exc())
+            message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+            logger.error("job %s failed: %s (traceback: %s)", job.key, message, log)
+            outcome = Outcome(job, "failed", log, message)
+        outcomes.append(outcome)
+    return outcomes
