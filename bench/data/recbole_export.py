@@ -1,0 +1,120 @@
+"""RecBole atomic files for a split (a model-specific view of the contract).
+
+Written under ``data/views/<dataset>/<split>/recbole/``:
+
+    <ds>/<ds>.inter                   user_id:token item_id:token rating:float timestamp:float (all positives)
+    <ds>/<ds>.item                    item_id:token brand:token categories:token_seq title:token_seq
+    <ds>/<ds>.{train,valid,test}.inter  the split files, for ``benchmark_filename``
+    <ds>-seq/<ds>-seq.{train,valid,test}.inter
+                                      pre-augmented sequential rows
+                                      user_id:token item_id_list:token_seq item_id:token
+
+RecBole skips its own sequence augmentation when benchmark files are given, so the
+sequential files hold one row per (history -> next item). Train: every chronological
+prefix of the user's train items predicts the next one. Valid: the user's train items
+(by time) predict each valid item. Test: train + valid items, merged by time, predict each
+test item. Histories keep the last ``max_len`` items. Load them with
+``alias_of_item_id: [item_id_list]``; without it RecBole silently re-maps history ids to
+other items (see notes/dependencies.md). Category names become single tokens (spaces ->
+"_"), because RecBole splits token_seq fields on spaces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bench.data.canonical import split_categories
+from bench.io import atomic_path, write_json_atomic
+from bench.paths import Workspace
+
+INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
+SEQ_HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
+ITEM_HEADER = ["item_id:token", "brand:token", "categories:token_seq", "title:token_seq"]
+EXPORT_VERSION = 1
+
+
+def _clean_token(text: str) -> str:
+    return " ".join(str(text).replace("\t", " ").split())
+
+
+def _write(path, header: list[str], frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("\t".join(header) + "\n")
+            frame.to_csv(fh, sep="\t", header=False, index=False, lineterminator="\n")
+
+
+def _inter_frame(split, frame: pd.DataFrame) -> pd.DataFrame:
+    rating = frame["rating"].fillna(5.0)  # implicit data: every row is a positive
+    return pd.DataFrame({"u": split.user_ids[frame["user"].to_numpy()], "i": split.item_ids[frame["item"].to_numpy()],
+                         "r": rating.to_numpy(), "t": frame["timestamp"].to_numpy()})
+
+
+def sequential_rows(split, part: str, max_len: int = 50) -> pd.DataFrame:
+    """(user, history, target) rows with original ids; history = space-joined item ids."""
+    if part == "train":
+        context = split.train
+    elif part == "valid":
+        context = split.train
+    else:
+        context = pd.concat([split.train, split.valid])
+    ordered = context.sort_values(["user", "timestamp", "item"], kind="stable")
+    ids = split.item_ids
+    seqs = {u: list(ids[g["item"].to_numpy()]) for u, g in ordered.groupby("user", sort=False)}
+    rows_u, rows_h, rows_t = [], [], []
+    if part == "train":
+        for u, seq in seqs.items():
+            for k in range(1, len(seq)):
+                rows_u.append(u)
+                rows_h.append(" ".join(seq[max(0, k - max_len):k]))
+                rows_t.append(seq[k])
+    else:
+        target = getattr(split, part).sort_values(["user", "timestamp", "item"], kind="stable")
+        for u, item in zip(target["user"].to_numpy(), target["item"].to_numpy()):
+            seq = seqs.get(u, [])
+            if not seq:
+                continue
+            rows_u.append(u)
+            rows_h.append(" ".join(seq[-max_len:]))
+            rows_t.append(ids[item])
+    return pd.DataFrame({"u": split.user_ids[np.asarray(rows_u, dtype=np.int64)], "h": rows_h, "t": rows_t})
+
+
+def export_recbole(split, ws: Workspace, max_len: int = 50) -> dict[str, str]:
+    """Write the general and sequential RecBole views of `split`; return their folders.
+
+    Skipped when the files already exist for the same split hash and settings.
+    """
+    base = ws.view(split.dataset, split.name, "recbole")
+    name = split.dataset
+    general, sequential = base / name, base / f"{name}-seq"
+    stamp = {"split_hash": split.hash, "max_len": max_len, "version": EXPORT_VERSION}
+    marker = base / "export.json"
+    out = {"data_path": str(base), "general": name, "sequential": f"{name}-seq"}
+    if marker.exists():
+        import json
+
+        try:
+            if json.loads(marker.read_text()) == {**stamp, **out}:
+                return out
+        except ValueError:
+            pass
+
+    positives = pd.concat([split.train, split.valid, split.test])
+    _write(general / f"{name}.inter", INTER_HEADER, _inter_frame(split, positives))
+    for part in ("train", "valid", "test"):
+        _write(general / f"{name}.{part}.inter", INTER_HEADER, _inter_frame(split, getattr(split, part)))
+    items = split.items
+    item_frame = pd.DataFrame({
+        "i": split.item_ids,
+        "b": items["brand"].map(_clean_token).to_numpy(),
+        "c": items["categories"].map(lambda v: " ".join(c.replace(" ", "_") for c in split_categories(v))).to_numpy(),
+        "t": items["title"].map(_clean_token).to_numpy(),
+    })
+    _write(general / f"{name}.item", ITEM_HEADER, item_frame)
+    _write(sequential / f"{name}-seq.item", ITEM_HEADER, item_frame)  # item features for FDSA, S3Rec
+    for part in ("train", "valid", "test"):
+        _write(sequential / f"{name}-seq.{part}.inter", SEQ_HEADER, sequential_rows(split, part, max_len))
+    write_json_atomic(marker, {**stamp, **out})
+    return out
