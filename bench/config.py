@@ -104,7 +104,7 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=3)
+            close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"{where}: unknown setting {key!r}.{hint} Settings: {', '.join(fields)}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
