@@ -28,18 +28,17 @@ class ItemKNN(Model):
         if config.shrink:
             co = (x.T @ x).tocsr()
             sim = sim.multiply(co / (co + config.shrink))
-        sim = sp.csr_matrix(sim)
-        sim.setdiag(0.0)
-        sim.eliminate_zeros()
-        self.sim = _keep_top_k_per_column(sim, config.k)
+        self.sim = _keep_top_k_per_column(sp.csr_matrix(sim), config.k)
 
     def score(self, users: np.ndarray, history) -> np.ndarray:
         return np.asarray((history @ self.sim).todense(), dtype=np.float32)
 
 
 def _keep_top_k_per_column(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep, for each target item (column), its k most similar source items (ties: lower index)."""
+    """Keep, for each target item (column), its k most similar other items (ties: lower index)."""
     coo = sim.tocoo()
+    off = (coo.row != coo.col) & (coo.data != 0)
+    coo = sp.coo_matrix((coo.data[off], (coo.row[off], coo.col[off])), shape=sim.shape)
     order = np.lexsort((coo.row, -coo.data, coo.col))
     cols = coo.col[order]
     starts = np.r_[0, np.flatnonzero(cols[1:] != cols[:-1]) + 1] if len(cols) else np.zeros(0, dtype=int)

@@ -58,6 +58,17 @@ def test_models_beat_random_on_planted_structure(ran):
     assert r["ease"] > r["random"] and r["itemknn"] > r["random"] and r["pop"] > r["random"]
 
 
+def test_deleted_result_is_the_only_job_recomputed(ran, capsys):
+    root, _ = ran
+    target = next((root / "results" / "runs").rglob("itemknn/seed0.json"))
+    target.unlink()
+    capsys.readouterr()
+    assert main(["--root", str(root), "run", "--models", SANITY, "--datasets", "synthetic-tiny", "--preset", "smoke",
+                 "--no-progress"]) == 0
+    assert "1 ran, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert target.exists()
+
+
 def test_second_run_skips_and_overwrite_recomputes(ran, capsys):
     root, _ = ran
     capsys.readouterr()
@@ -71,17 +82,6 @@ def test_second_run_skips_and_overwrite_recomputes(ran, capsys):
     assert main(["--root", str(root), "run", "--models", "ease", "--datasets", "synthetic-tiny", "--preset", "smoke",
                  "--no-progress", "--set", "ease.l2=5"]) == 0
     assert "1 ran" in capsys.readouterr().out
-
-
-def test_deleted_result_is_the_only_job_recomputed(ran, capsys):
-    root, _ = ran
-    target = next((root / "results" / "runs").rglob("itemknn/seed0.json"))
-    target.unlink()
-    capsys.readouterr()
-    assert main(["--root", str(root), "run", "--models", SANITY, "--datasets", "synthetic-tiny", "--preset", "smoke",
-                 "--no-progress"]) == 0
-    assert "1 ran, 3 skipped, 0 failed" in capsys.readouterr().out
-    assert target.exists()
 
 
 class _Boom(Model):
