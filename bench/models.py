@@ -59,3 +59,14 @@ MODELS.register("random", "baselines.popularity:RandomModel", family="sanity", g
 MODELS.register("pop", "baselines.popularity:PopModel", family="sanity", gpu=False, minutes=0.1)
 MODELS.register("itemknn", "baselines.itemknn:ItemKNN", family="sanity", gpu=False, minutes=1)
 MODELS.register("ease", "baselines.ease:EASE", family="sanity", gpu=False, minutes=2)
+
+
+def validate(model: Model, split, metric: str = "ndcg@20") -> float:
+    """`metric` of `model` on the validation split, through the one evaluator and the same
+    history masking as the final scoring. For early stopping and model selection."""
+    from bench.runner import evaluate_split
+
+    k = int(metric.rsplit("@", 1)[1]) if "@" in metric else 100
+    evaluation, _, _ = evaluate_split(model, split, "valid", topk=max(k, 20), ks=(k,))
+    value = evaluation.metrics[metric]
+    return float("nan") if value is None else float(value)
