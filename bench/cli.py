@@ -210,7 +210,7 @@ def cmd_data(args) -> int:
         if args.recbole:
             from bench.data.recbole_export import export_recbole
 
-            print(f"RecBole files: {export_recbole(split, ws)}")
+            print(f"RecBole files: {export_recbole(split)}")
         return 0
     print("usage: bench data {download,prepare,split} ...", file=sys.stderr)
     return 2

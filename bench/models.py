@@ -53,7 +53,17 @@ class Model:
         return {}
 
 
-MODELS: Registry[type[Model]] = Registry("model")
+def _recbole_by_name(name: str):
+    """"recbole:NARM" -> RecBole's NARM through the same adapter as the registered ones."""
+    from bench.registry import Entry
+
+    if not name.startswith("recbole:") or not name[len("recbole:"):].isidentifier():
+        return None
+    return Entry(name, "baselines.recbole_adapter:recbole_model", {"family": "recbole", "gpu": True},
+                 args=(name[len("recbole:"):],))
+
+
+MODELS: Registry[type[Model]] = Registry("model", dynamic=_recbole_by_name)
 # name, "module:Class", family, needs_gpu, typical minutes on a paper-size dataset (CPU for sanity models)
 MODELS.register("random", "baselines.popularity:RandomModel", family="sanity", gpu=False, minutes=0.1)
 MODELS.register("pop", "baselines.popularity:PopModel", family="sanity", gpu=False, minutes=0.1)

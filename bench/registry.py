@@ -11,7 +11,7 @@ import difflib
 import importlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from bench.errors import UnknownNameError
 
@@ -25,21 +25,25 @@ class Entry(Generic[T]):
     name: str
     target: Any  # "module:attr" string (lazy) or the object itself
     meta: dict[str, Any] = field(default_factory=dict)
+    args: tuple = ()  # when given, the target is a factory called with them
 
     def load(self) -> T:
-        if isinstance(self.target, str):
-            module_name, _, attr = self.target.partition(":")
+        obj = self.target
+        if isinstance(obj, str):
+            module_name, _, attr = obj.partition(":")
             obj = importlib.import_module(module_name)
             for part in attr.split(".") if attr else []:
                 obj = getattr(obj, part)
-            return obj  # type: ignore[return-value]
-        return self.target
+        return obj(*self.args) if self.args else obj  # type: ignore[return-value]
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, dynamic: Callable[[str], Entry[T] | None] | None = None):
+        """`dynamic(name)` may build entries on demand for a family of names (e.g.
+        "recbole:NARM" -> any RecBole model); it returns None for names it does not know."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._dynamic = dynamic
 
     def register(self, name: str, target: Any, **meta: Any) -> None:
         if not _NAME.match(name):
@@ -52,7 +56,7 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._entries or (self._dynamic is not None and self._dynamic(name) is not None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -61,10 +65,12 @@ class Registry(Generic[T]):
         return list(self._entries)
 
     def entry(self, name: str) -> Entry[T]:
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(self.unknown_message(name)) from None
+        built = self._dynamic(name) if self._dynamic is not None else None
+        if built is None:
+            raise UnknownNameError(self.unknown_message(name))
+        return built
 
     def get(self, name: str) -> T:
         return self.entry(name).load()

@@ -35,7 +35,7 @@ def _load(model: str, dataset: str, data_path: str, extra: dict, workdir):
 
 
 def test_general_files_load_with_matching_counts(tmp_path, split):
-    out = export_recbole(split, Workspace(tmp_path))
+    out = export_recbole(split)
     ds, (train, valid, test) = _load("BPR", out["general"], out["data_path"], {
         "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"],
                      "item": ["item_id", "brand", "categories", "title"]}}, tmp_path / "work")
@@ -49,7 +49,7 @@ def test_general_files_load_with_matching_counts(tmp_path, split):
 
 
 def test_sequential_files_keep_item_ids_aligned(tmp_path, split):
-    out = export_recbole(split, Workspace(tmp_path))
+    out = export_recbole(split)
     ds, (train, valid, test) = _load("SASRec", out["sequential"], out["data_path"], {
         "load_col": {"inter": ["user_id", "item_id_list", "item_id"]}, "alias_of_item_id": ["item_id_list"],
         "train_neg_sample_args": None}, tmp_path / "work")
@@ -78,8 +78,8 @@ def test_sequential_rows_are_prefixes(split):
 
 def test_export_is_cached_by_split_hash(tmp_path, split):
     ws = Workspace(tmp_path)
-    out = export_recbole(split, ws)
+    out = export_recbole(split)
     inter = tmp_path / "data" / "views" / "toyset" / split.name / "recbole" / out["general"] / f"{out['general']}.inter"
     mtime = inter.stat().st_mtime_ns
-    export_recbole(split, ws)
+    export_recbole(split)
     assert inter.stat().st_mtime_ns == mtime

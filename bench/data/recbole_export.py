@@ -26,7 +26,6 @@ import pandas as pd
 
 from bench.data.canonical import split_categories
 from bench.io import atomic_path, write_json_atomic
-from bench.paths import Workspace
 
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
 SEQ_HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
@@ -81,12 +80,13 @@ def sequential_rows(split, part: str, max_len: int = 50) -> pd.DataFrame:
     return pd.DataFrame({"u": split.user_ids[np.asarray(rows_u, dtype=np.int64)], "h": rows_h, "t": rows_t})
 
 
-def export_recbole(split, ws: Workspace, max_len: int = 50) -> dict[str, str]:
-    """Write the general and sequential RecBole views of `split`; return their folders.
+def export_recbole(split, max_len: int = 50) -> dict[str, str]:
+    """Write the general and sequential RecBole views of `split` (under `split.view_dir`);
+    return {"data_path", "general", "sequential"}, RecBole's data_path and dataset names.
 
     Skipped when the files already exist for the same split hash and settings.
     """
-    base = ws.view(split.dataset, split.name, "recbole")
+    base = split.view_dir("recbole")
     name = split.dataset
     general, sequential = base / name, base / f"{name}-seq"
     stamp = {"split_hash": split.hash, "max_len": max_len, "version": EXPORT_VERSION}

@@ -206,6 +206,11 @@ class Split:
     def protocol(self) -> str:
         return self.spec["protocol"]
 
+    def view_dir(self, kind: str) -> Path:
+        """Where model-specific views of this split live: a sibling tree of the split files,
+        ``data/views/<dataset>/<split>/<kind>`` for ``data/splits/<dataset>/<split>``."""
+        return self.directory.parent.parent.parent / "views" / self.dataset / self.name / kind
+
     def matrix(self, parts: tuple[str, ...] = ("train",)) -> sp.csr_matrix:
         """(n_users, n_items) binary CSR matrix of the given parts."""
         frame = pd.concat([getattr(self, p) for p in parts])
