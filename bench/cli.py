@@ -144,14 +144,17 @@ def cmd_run(args) -> int:
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
     outcomes = run_grid(jobs, preset, ws, overwrite=args.overwrite, download=args.download,
                         progress=not args.no_progress)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a")}
     for o in outcomes:
         if o.status == "failed":
             print(f"FAILED {o.job.key}: {o.error}\n  traceback: {o.path}", file=sys.stderr)
+        elif o.status == "n/a":
+            print(f"not applicable: {o.job.key}: {o.error}")
     if not args.no_table:
         paths = write_leaderboard(ws)
         print(f"leaderboard: {paths[0]}")
-    print(f"summary: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed")
+    print(f"summary: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed"
+          + (f", {counts['n/a']} not applicable" if counts["n/a"] else ""))
     return 1 if counts["failed"] else 0
 
 

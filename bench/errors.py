@@ -31,3 +31,9 @@ class UnknownNameError(BenchError):
 
 class ConfigError(BenchError):
     """A bad configuration value or override."""
+
+
+class NotApplicable(BenchError):
+    """A model cannot run on this dataset by design (e.g. S3Rec needs item attributes).
+
+    The runner records the job as not applicable, with the reason, instead of failed."""

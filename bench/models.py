@@ -69,6 +69,15 @@ MODELS.register("random", "baselines.popularity:RandomModel", family="sanity", g
 MODELS.register("pop", "baselines.popularity:PopModel", family="sanity", gpu=False, minutes=0.1)
 MODELS.register("itemknn", "baselines.itemknn:ItemKNN", family="sanity", gpu=False, minutes=1)
 MODELS.register("ease", "baselines.ease:EASE", family="sanity", gpu=False, minutes=2)
+MODELS.register("multivae", "baselines.recbole_adapter:MultiVAE", family="recbole-general", gpu=False, minutes=5)
+MODELS.register("lightgcn", "baselines.recbole_adapter:LightGCN", family="recbole-general", gpu=True, minutes=30)
+MODELS.register("bert4rec", "baselines.recbole_adapter:BERT4Rec", family="recbole-sequential", gpu=True, minutes=60)
+MODELS.register("s3rec", "baselines.recbole_adapter:S3Rec", family="recbole-sequential", gpu=True, minutes=120)
+MODELS.register("fdsa", "baselines.recbole_adapter:FDSA", family="recbole-sequential", gpu=True, minutes=60)
+MODELS.register("sasrec", "baselines.recbole_adapter:SASRec", family="recbole-sequential", gpu=True, minutes=30)
+MODELS.register("gru4rec", "baselines.recbole_adapter:GRU4Rec", family="recbole-sequential", gpu=True, minutes=20)
+MODELS.register("md-cvae", "baselines.mdcvae:MDCVAE", family="hybrid", gpu=True, minutes=15)
+MODELS.register("hstu", "baselines.hstu:HSTU", family="sequential", gpu=True, minutes=30)
 
 
 def validate(model: Model, split, metric: str = "ndcg@20") -> float:

@@ -5,6 +5,7 @@
   argv while building it.
 - RecBole writes ``./log`` and ``./log_tensorboard`` in the working directory and names
   checkpoints by the second; ``make_config`` points every path into the run's own folder.
+- ``quiet_recbole`` hides RecBole's own FutureWarnings while its code runs.
 - numpy < 2, scipy < 1.13 and pandas < 3 are handled by pins in pyproject.toml
   (notes/dependencies.md items 1, 2 and 4), not here.
 """
@@ -38,6 +39,19 @@ def working_directory(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(saved)
+
+
+@contextlib.contextmanager
+def quiet_recbole() -> Iterator[None]:
+    """Silence the deprecation warnings RecBole 1.2.1 triggers in pandas 2.x and torch 2.x
+    (fillna(inplace=True) on a copy, Series.agg(len), torch.cuda.amp.GradScaler), only while
+    RecBole code runs. They are known upstream and harmless with our pins (pandas<3)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
 
 
 def make_config(model: str, dataset: str, data_path: str, config_dict: dict, workdir: Path):

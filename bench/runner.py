@@ -23,7 +23,7 @@ import pandas as pd
 from bench import config as cfg
 from bench.data.datasets import ensure_split, resolve_datasets
 from bench.data.splits import Split, SplitSpec
-from bench.errors import BenchError
+from bench.errors import BenchError, NotApplicable
 from bench.io import atomic_path, hash_json, write_json_atomic, write_text_atomic
 from bench.models import MODELS, Model
 from bench.paths import Workspace
@@ -59,7 +59,7 @@ class Job:
 @dataclass
 class Outcome:
     job: Job
-    status: str  # ran | skipped | failed
+    status: str  # ran | skipped | failed | n/a
     path: Path | None = None
     error: str | None = None
 
@@ -209,6 +209,9 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
             outcome = run_job(job, preset, ws, overwrite=overwrite, download=download, split=splits[key])
         except KeyboardInterrupt:
             raise
+        except NotApplicable as exc:
+            logger.warning("job %s is not applicable: %s", job.key, exc)
+            outcome = Outcome(job, "n/a", None, str(exc))
         except Exception as exc:  # one failing job must not stop the grid
             log = ws.results / "failures" / (job.key.replace("/", "__") + ".txt")
             write_text_atomic(log, traceback.format_exc())

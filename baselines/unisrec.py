@@ -1,0 +1,417 @@
+"""`unisrec`: Universal Sequence Representation (Hou et al., KDD 2022), trained on the target domain.
+
+Each item's text ("<title>. <categories>. <brand>.", the fields and cleaning of the authors'
+``process_amazon.py``) is encoded once by a frozen sentence encoder into t_i (d,) (default the
+offline all-MiniLM-L6-v2, d = 384; the paper used BERT-base [CLS], d = 768). The embeddings are
+cached in ``workdir`` as ``unisrec_text_<hash>.npy``, the hash covering the encoder name and
+every text, so a rerun does not re-encode.
+
+**MoE adaptor** (parametric whitening experts): with K experts,
+
+    v_i = sum_k g_ik * ((t_i - b_k) W_k),   g_i = softmax(t_i W_gate + noise),  W_k (d, hidden)
+
+where during training the noise is N(0, 1) * (softplus(t_i W_noise) + 0.01) and at evaluation
+there is none (the authors' ``MoEAdaptorLayer``; dropout on t_i inside each expert). With
+``item_id_embedding`` an ID embedding e_i is added, v_i + e_i (the paper's transductive setting).
+
+**Sequence encoder** (SASRec as in RecBole): the last ``max_len`` items of a history, oldest
+first and right-aligned (B, L), are embedded as v + learned position (positions count back
+from the most recent item), LayerNorm + dropout, then ``n_layers`` post-LN transformer
+blocks with causal self-attention (GELU feed-forward). The user representation is the output at
+the last position, s_u (hidden,). Scores are cos(s_u, v_i) / temperature over all items, and
+the loss is the full-softmax cross-entropy of the next item (each prefix of a training
+sequence predicts the item after it, as the authors' pre-augmented files do).
+
+Deviations from the paper, deliberately:
+
+* **One stage.** The paper pre-trains the adaptor + transformer on five source domains with
+  sequence-item and sequence-sequence contrastive losses, then fine-tunes on the target domain
+  (transformer frozen, adaptor trained). Here there is no source-domain corpus, so everything
+  is trained from scratch on the target domain with the fine-tuning loss: the "inductive /
+  transductive fine-tune" settings collapsed into one stage, with an unfrozen transformer.
+* **Transductive by default** (``item_id_embedding: true``), as in the authors'
+  ``props/UniSRec.yaml`` (``train_stage: transductive_ft``), the variant the paper reports as
+  UniSRec on its in-domain benchmarks. Set it false for the text-only (inductive) variant.
+* **Encoder**: all-MiniLM-L6-v2 mean pooling (384-d) instead of BERT-base [CLS] (768-d), so it
+  runs offline; any local sentence-transformers model can be given in ``encoder``.
+* Per training step the adaptor is applied once to the whole catalogue and the sequence inputs
+  are gathered from that table (the authors call it separately for inputs and targets, with
+  independent dropout / gate-noise draws). Cheaper, same model at evaluation.
+* Items without any text: when *no* item has a title, brand or category (e.g.
+  ``beauty-2018-sample``) the text branch is dropped with a warning and the model is SASRec
+  with cosine / temperature scores over ID embeddings; ``extra_result()["warning"]`` says so.
+  When only some items lack text they get the encoding of the empty string (the ID embedding,
+  if on, still tells them apart); their count is recorded.
+* Defaults are the authors' (hidden 300, 2 layers, 2 heads, inner 256, dropout 0.5,
+  adaptor dropout 0.2, 8 experts, temperature 0.07, Adam 1e-3, stop after 10 epochs without
+  a better valid metric) except ``batch_size`` 256 (theirs 2048): on the small embedded and
+  paper categories 2048 leaves a handful of optimiser steps per epoch, and early stopping then
+  fires before the model has learned. Early stopping reads valid ndcg@20 through
+  ``bench.models.validate`` (theirs: NDCG@10), and the best state is restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.io import atomic_path, hash_json
+from bench.models import Model, ModelConfig, validate
+from bench.text import DEFAULT_ENCODER, encode_texts
+
+logger = logging.getLogger(__name__)
+
+NO_TEXT_WARNING = "no item text: UniSRec fell back to ID embeddings"
+
+
+@dataclass(frozen=True)
+class UniSRecConfig(ModelConfig):
+    encoder: str = field(default="", metadata={
+        "help": "sentence encoder for item text: '' = the offline all-MiniLM-L6-v2, else a local "
+                "sentence-transformers / HF model path (paper: BERT-base [CLS])"})
+    item_id_embedding: bool = field(default=True, metadata={
+        "help": "add a learned item ID embedding to the text representation (the paper's transductive "
+                "setting, the authors' default); false = text only (inductive)"})
+    max_len: int = field(default=50, metadata={"help": "most recent items of a history fed to the transformer (paper: 50)"})
+    hidden_size: int = field(default=300, metadata={"help": "transformer / adaptor output size (paper: 300)"})
+    inner_size: int = field(default=256, metadata={"help": "transformer feed-forward size (paper: 256)"})
+    n_layers: int = field(default=2, metadata={"help": "transformer blocks (paper: 2)"})
+    n_heads: int = field(default=2, metadata={"help": "attention heads; must divide hidden_size (paper: 2)"})
+    n_experts: int = field(default=8, metadata={"help": "whitening experts in the MoE adaptor (paper: 8)"})
+    hidden_dropout: float = field(default=0.5, metadata={"help": "dropout on embeddings and block outputs (paper: 0.5)"})
+    attn_dropout: float = field(default=0.5, metadata={"help": "dropout on attention weights (paper: 0.5)"})
+    adaptor_dropout: float = field(default=0.2, metadata={"help": "dropout on the text embedding in each expert (paper: 0.2)"})
+    temperature: float = field(default=0.07, metadata={"help": "softmax temperature of the cosine scores (paper: 0.07)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (paper: 1e-3)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay (paper: 0)"})
+    batch_size: int = field(default=256, metadata={"help": "training prefixes per step (paper: 2048; see module doc)"})
+    epochs: int = field(default=300, metadata={"help": "maximum epochs (RecBole default: 300)"})
+    patience: int = field(default=10, metadata={"help": "stop after this many epochs without a better valid metric (paper: 10)"})
+    bucket_by_length: bool = field(default=True, metadata={
+        "help": "batch prefixes of similar length together (padding is then trimmed: same model, much "
+                "faster on short histories); false = plain shuffled batches"})
+    valid_metric: str = field(default="ndcg@20", metadata={"help": "early-stopping metric on the valid split"})
+    score_batch_size: int = field(default=512, metadata={"help": "users per forward pass when scoring"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+
+
+# --- item text ---------------------------------------------------------------------------------
+
+def _clean(text: str) -> str:
+    """The authors' clean_text: unescape HTML, drop quotes and newlines, end with exactly one '.'."""
+    text = re.sub(r'["\n\r]*', "", html.unescape(str(text))).strip()
+    return text.rstrip(".") + "." if text else ""
+
+
+def item_texts(items) -> list[str]:
+    """One text per item, "<title>. <category path>. <brand>." (empty fields left out; "" if none)."""
+    out = []
+    for title, cats, brand in zip(items["title"].fillna(""), items["categories"].fillna(""),
+                                  items["brand"].fillna("")):
+        parts = [_clean(title), _clean(" ".join(c for c in str(cats).split("|") if c.strip())), _clean(brand)]
+        out.append(" ".join(p for p in parts if p))
+    return out
+
+
+def cached_text_embeddings(texts: list[str], encoder: str, workdir: Path | None) -> tuple[np.ndarray, bool]:
+    """(len(texts), d) float32 embeddings, read from ``workdir`` when this (encoder, texts) was
+    encoded before; returns (embeddings, whether the cache was hit)."""
+    name = encoder or DEFAULT_ENCODER
+    path = None if workdir is None else Path(workdir) / f"unisrec_text_{hash_json([name, texts])}.npy"
+    if path is not None and path.exists():
+        emb = np.load(path)
+        if emb.shape[0] == len(texts):
+            return emb.astype(np.float32, copy=False), True
+        logger.warning("ignoring %s: %d rows for %d texts", path, emb.shape[0], len(texts))
+    emb = encode_texts(texts, encoder or None)
+    if path is not None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, emb)
+    return emb, False
+
+
+# --- the network ---------------------------------------------------------------------------------
+
+def _build_network(n_items: int, text_dim: int | None, config: UniSRecConfig):
+    """The UniSRec module; ``text_dim`` None builds the ID-embedding fallback (no adaptor)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class MoEAdaptor(nn.Module):
+        """t (N, d) -> (N, hidden): softmax-gated sum of K parametric whitening experts (t - b_k) W_k."""
+
+        def __init__(self, d: int, hidden: int, k: int, dropout: float) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(k, d))                    # b_k
+            self.weight = nn.Parameter(torch.randn(k, d, hidden) * 0.02)  # W_k
+            self.w_gate = nn.Parameter(torch.zeros(d, k))
+            self.w_noise = nn.Parameter(torch.zeros(d, k))
+            self.dropout = dropout
+
+        def forward(self, t):
+            logits = t @ self.w_gate
+            if self.training:  # noisy gating while training only, as the authors' noisy_top_k_gating
+                logits = logits + torch.randn_like(logits) * (F.softplus(t @ self.w_noise) + 1e-2)
+            gates = torch.softmax(logits, dim=-1)                                    # (N, K)
+            x = t.unsqueeze(0).expand(self.weight.shape[0], -1, -1)                  # (K, N, d)
+            x = F.dropout(x, self.dropout, self.training) - self.bias.unsqueeze(1)   # own mask per expert
+            experts = torch.bmm(x, self.weight)                                      # (K, N, hidden)
+            return torch.einsum("nk,knh->nh", gates, experts)
+
+    class Block(nn.Module):
+        """Post-LN transformer block as RecBole's TransformerLayer: x (B, L, H), allowed (B, 1, L, L)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            h = config.hidden_size
+            self.qkv, self.out = nn.Linear(h, 3 * h), nn.Linear(h, h)
+            self.ff1, self.ff2 = nn.Linear(h, config.inner_size), nn.Linear(config.inner_size, h)
+            self.ln1, self.ln2 = nn.LayerNorm(h, eps=1e-12), nn.LayerNorm(h, eps=1e-12)
+            self.drop = nn.Dropout(config.hidden_dropout)
+
+        def forward(self, x, allowed):
+            b, n, h = x.shape
+            q, k, v = self.qkv(x).view(b, n, 3, config.n_heads, h // config.n_heads).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                               dropout_p=config.attn_dropout if self.training else 0.0)
+            x = self.ln1(x + self.drop(self.out(a.transpose(1, 2).reshape(b, n, h))))
+            return self.ln2(x + self.drop(self.ff2(F.gelu(self.ff1(x)))))
+
+    class UniSRecNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            h = config.hidden_size
+            self.adaptor = MoEAdaptor(text_dim, h, config.n_experts, config.adaptor_dropout) if text_dim else None
+            self.item_embedding = nn.Embedding(n_items, h) if (text_dim is None or config.item_id_embedding) else None
+            self.position = nn.Embedding(config.max_len, h)
+            self.ln = nn.LayerNorm(h, eps=1e-12)
+            self.drop = nn.Dropout(config.hidden_dropout)
+            self.blocks = nn.ModuleList(Block() for _ in range(config.n_layers))
+            for module in [self.position, self.ln, *self.blocks] + ([self.item_embedding] if self.item_embedding else []):
+                module.apply(_init_recbole)
+            # The frozen text embeddings travel with the module (.to(device)) but are not trained.
+            self.register_buffer("text", torch.zeros(n_items, text_dim or 0), persistent=False)
+
+        def items(self):
+            """(n_items, hidden) item representations v_i (+ e_i)."""
+            v = self.adaptor(self.text) if self.adaptor is not None else 0.0
+            return v + self.item_embedding.weight if self.item_embedding is not None else v
+
+        def encode(self, seq, items):
+            """seq (B, L) item indices, right-aligned, -1 = padding -> (B, hidden) last-position output."""
+            # Columns that are padding in every row change nothing (pads are never attended to by
+            # real positions): drop them, keeping each slot's position embedding. Exact, and most
+            # prefixes are short, so this is most of the training speed.
+            used = torch.nonzero((seq >= 0).any(dim=0))
+            first = int(used[0]) if len(used) else seq.shape[1] - 1
+            seq = seq[:, first:]
+            valid = seq >= 0
+            x = items[seq.clamp(min=0)] * valid.unsqueeze(-1)
+            x = self.drop(self.ln(x + self.position.weight[first:].unsqueeze(0)))
+            n = seq.shape[1]
+            causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
+            # Queries see earlier real items; each position also sees itself, so an all-padding
+            # row (a user without history) gives finite output instead of NaN.
+            allowed = (causal & valid.unsqueeze(1)) | torch.eye(n, dtype=torch.bool, device=seq.device)
+            allowed = allowed.unsqueeze(1)
+            for block in self.blocks:
+                x = block(x, allowed)
+            return x[:, -1]
+
+        def logits(self, seq):
+            """(B, n_items) cos(s_u, v_i) / temperature."""
+            items = self.items()
+            s = F.normalize(self.encode(seq, items), dim=-1)
+            return s @ F.normalize(items, dim=-1).T / config.temperature
+
+    def _init_recbole(module) -> None:
+        # RecBole's SASRec init: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, 0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    return UniSRecNet()
+
+
+# --- training data -------------------------------------------------------------------------------
+
+class _Prefixes:
+    """Every (prefix -> next item) pair of the training sequences, built batch by batch.
+
+    Train rows are ordered by (user, time, item) like `padded_histories`; example j ends at
+    row ends[j] and predicts the row after it, so the sequences match what scoring sees.
+    """
+
+    def __init__(self, train, max_len: int) -> None:
+        users, items, times = (train[c].to_numpy(np.int64) for c in ("user", "item", "timestamp"))
+        order = np.lexsort((items, times, users))
+        users, self.items = users[order], items[order]
+        first = np.r_[True, users[1:] != users[:-1]]
+        self.starts = np.maximum.accumulate(np.where(first, np.arange(len(users)), 0))
+        self.targets_at = np.flatnonzero(~first)  # rows that have a predecessor in their user
+        self.lengths = np.minimum(self.targets_at - self.starts[self.targets_at], max_len)
+        self.offsets = np.arange(max_len) - (max_len - 1)
+
+    def __len__(self) -> int:
+        return len(self.targets_at)
+
+    def batch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, max_len) right-aligned prefixes (-1 = padding) and (B,) next items."""
+        at = self.targets_at[rows]
+        idx = (at - 1)[:, None] + self.offsets[None, :]
+        seq = np.where(idx >= self.starts[at][:, None], self.items[np.maximum(idx, 0)], -1)
+        return seq, self.items[at]
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+class UniSRec(Model):
+    Config = UniSRecConfig
+
+    def _setup(self, split, config: UniSRecConfig, workdir: Path | None) -> None:
+        """Encode (or read) the item texts and build the network, optimiser and training pairs."""
+        import torch
+
+        from bench.torch_utils import pick_device, seed_torch
+
+        if config.hidden_size % config.n_heads:
+            from bench.errors import ConfigError
+            raise ConfigError(f"unisrec: hidden_size {config.hidden_size} is not divisible by n_heads {config.n_heads}")
+        seed_torch(config.seed)
+        self.config, self.split, self.device = config, split, pick_device(config.device)
+        self.rng = np.random.default_rng(config.seed)
+        texts = item_texts(split.items)
+        self.n_without_text = sum(not t for t in texts)
+        self.warning = None
+        self.cache_hit = None
+        if self.n_without_text == len(texts):
+            self.warning = NO_TEXT_WARNING
+            logger.warning("%s: no item has a title, brand or category; %s", split.dataset, NO_TEXT_WARNING)
+            text = None
+        else:
+            if self.n_without_text:
+                logger.warning("%s: %d of %d items have no text; they share the empty-text embedding",
+                               split.dataset, self.n_without_text, len(texts))
+            text, self.cache_hit = cached_text_embeddings(texts, config.encoder, workdir)
+        self.net = _build_network(split.n_items, None if text is None else text.shape[1], config).to(self.device)
+        if text is not None:
+            self.net.text.copy_(torch.from_numpy(text))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.prefixes = _Prefixes(split.train, config.max_len)
+        self._items_eval = None
+
+    def _step(self, seq: np.ndarray, target: np.ndarray) -> float:
+        """One optimiser step on a batch of prefixes (B, max_len) and next items (B,); the loss."""
+        import torch
+        from torch.nn import functional as F
+
+        self.net.train()
+        self._items_eval = None
+        logits = self.net.logits(torch.from_numpy(seq).to(self.device))
+        loss = F.cross_entropy(logits, torch.from_numpy(target).to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _batches(self) -> list[np.ndarray]:
+        """A shuffled epoch of example indices cut into batches. With `bucket_by_length`, each
+        run of 32 batches is sorted by prefix length first, so a batch pads to similar lengths."""
+        order = self.rng.permutation(len(self.prefixes))
+        bs = self.config.batch_size
+        if self.config.bucket_by_length:
+            chunks = [order[s:s + 32 * bs] for s in range(0, len(order), 32 * bs)]
+            order = np.concatenate([c[np.argsort(self.prefixes.lengths[c], kind="stable")] for c in chunks])
+        batches = [order[s:s + bs] for s in range(0, len(order), bs)]
+        return [batches[i] for i in self.rng.permutation(len(batches))]
+
+    def _epoch(self) -> float:
+        losses = [self._step(*self.prefixes.batch(rows)) for rows in self._batches()]
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def fit(self, split, config: UniSRecConfig, workdir: Path) -> None:
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        self._setup(split, config, workdir)
+        self.losses, self.valid_values = [], []
+        best, self.best_epoch, best_state, since = -np.inf, -1, None, 0
+        bar = tqdm(range(config.epochs), desc="unisrec", unit="epoch", disable=not sys.stderr.isatty())
+        for epoch in bar:
+            self.losses.append(self._epoch())
+            value = validate(self, split, config.valid_metric)
+            self.valid_values.append(value)
+            bar.set_postfix(loss=f"{self.losses[-1]:.3f}", **{config.valid_metric: f"{value:.4f}"})
+            if value > best:  # NaN (no valid users) never counts as better
+                best, self.best_epoch, since = value, epoch, 0
+                best_state = copy.deepcopy(self.net.state_dict())
+            else:
+                since += 1
+                if since >= config.patience:
+                    break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+            self._items_eval = None
+        self.best_value = best
+        self.fit_seconds = time.perf_counter() - t0
+
+    def score(self, users: np.ndarray, history) -> np.ndarray:
+        """(len(users), n_items) cosine / temperature of each user's last `max_len` history items."""
+        import torch
+        from torch.nn import functional as F
+
+        from bench.torch_utils import padded_histories
+
+        self.net.eval()
+        seqs = padded_histories(self.split, np.asarray(users), history, self.config.max_len)
+        out = np.empty((len(users), self.split.n_items), dtype=np.float32)
+        with torch.no_grad():
+            if self._items_eval is None:  # noise-free, dropout-free item table, reused until the next step
+                self._items_eval = self.net.items()
+            items = F.normalize(self._items_eval, dim=-1)
+            bs = self.config.score_batch_size
+            for s in range(0, len(users), bs):
+                seq = torch.from_numpy(seqs[s:s + bs]).to(self.device)
+                user = F.normalize(self.net.encode(seq, self._items_eval), dim=-1)
+                out[s:s + len(seq)] = (user @ items.T / self.config.temperature).float().cpu().numpy()
+        return out
+
+    def extra_result(self) -> dict:
+        net = getattr(self, "net", None)
+        if net is None:
+            return {}
+        count = lambda module: 0 if module is None else sum(p.numel() for p in module.parameters())  # noqa: E731
+        out = {
+            "epochs": len(self.losses),
+            "best_epoch": self.best_epoch + 1,
+            f"best_valid_{self.config.valid_metric}": None if not np.isfinite(self.best_value) else self.best_value,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "losses": [round(x, 5) for x in self.losses],
+            "n_parameters": count(net),
+            "n_trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
+            "n_adaptor_parameters": count(net.adaptor),
+            "n_id_embedding_parameters": count(net.item_embedding),
+            "text": net.adaptor is not None,
+            "encoder": (self.config.encoder or DEFAULT_ENCODER) if net.adaptor is not None else None,
+            "text_cache_hit": self.cache_hit,
+            "n_items_without_text": self.n_without_text,
+            "n_train_prefixes": len(self.prefixes),
+            "device": str(self.device),
+            "fit_seconds": round(getattr(self, "fit_seconds", 0.0), 3),
+        }
+        if self.warning:
+            out["warning"] = self.warning
+        return out
