@@ -88,8 +88,9 @@ class RecBoleModel(Model):
         init_seed(config.seed, True)
         with working_directory(self.workdir), quiet_recbole():
             dataset = create_dataset(self.rb_config)
-            train_data, valid_data, _ = data_preparation(self.rb_config, dataset)
+            train_data, valid_data, test_data = data_preparation(self.rb_config, dataset)
         self.dataset = dataset
+        self.dataloaders = {"train": train_data, "valid": valid_data, "test": test_data}  # for cross-checks
         self._index_maps(dataset)
         self.info: dict = {"recbole_model": self.recbole_name, "sequential": self.sequential}
 
