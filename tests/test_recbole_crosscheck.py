@@ -25,7 +25,7 @@ pytest.importorskip("recbole")
 
 def _fit(name: str, split, tmp_path):
     model = MODELS.get(name)()
-    values = {**cfg.model_yaml(name, "smoke"), "epochs": 3}
+    values = {**cfg.model_yaml(name, "smoke"), "epochs": 1}  # agreement does not need a good model
     model.fit(split, cfg.build(model.Config, values, name), tmp_path / name)
     return model
 
