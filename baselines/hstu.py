@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import Model, ModelConfig, validate
+from bench.training import EarlyStopping, clone_state
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class HSTU(Model):
 
         t0 = time.perf_counter()
         self._setup(split, config)
-        best, best_epoch, best_state, since = -np.inf, -1, None, 0
+        stopper = EarlyStopping(config.patience, snapshot=lambda: clone_state(self.net))
         self.train_losses, self.valid_values = [], []
         bar = tqdm(range(config.epochs), desc="hstu", unit="epoch", disable=not sys.stderr.isatty())
         for epoch in bar:
@@ -239,16 +240,11 @@ class HSTU(Model):
             value = validate(self, split, config.valid_metric)
             self.valid_values.append(value)
             bar.set_postfix(loss=f"{self.train_losses[-1]:.3f}", **{config.valid_metric: f"{value:.4f}"})
-            if value > best:
-                best, best_epoch, since = value, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-            else:
-                since += 1
-                if since >= config.patience:
-                    break
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
-        self.best_epoch, self.best_value = best_epoch, best
+            if stopper.update(epoch, value):
+                break
+        if stopper.best_state is not None:
+            self.net.load_state_dict(stopper.best_state)
+        self.best_epoch, self.best_value = stopper.best_epoch, stopper.best
         self.fit_seconds = time.perf_counter() - t0
 
     def score(self, users: np.ndarray, history) -> np.ndarray:

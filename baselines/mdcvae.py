@@ -50,6 +50,7 @@ import scipy.sparse as sp
 
 from bench.data.canonical import split_categories
 from bench.models import Model, ModelConfig, validate
+from bench.training import EarlyStopping, clone_state
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class MDCVAE(Model):
             for _ in range(config.content_pretrain_epochs):
                 self._content_epoch()
             self.pretraining = False
-        best, best_epoch, best_state, since = -np.inf, -1, None, 0
+        stopper = EarlyStopping(config.patience, snapshot=self._state)
         self.train_losses, self.valid_values = [], []
         bar = tqdm(range(config.epochs), desc="md-cvae", unit="epoch", disable=not sys.stderr.isatty())
         for epoch in bar:
@@ -297,23 +298,18 @@ class MDCVAE(Model):
             value = validate(self, split, config.valid_metric)
             self.valid_values.append(value)
             bar.set_postfix(loss=f"{self.train_losses[-1]:.3f}", **{config.valid_metric: f"{value:.4f}"})
-            if value > best:
-                best, best_epoch, since = value, epoch, 0
-                best_state = self._state()
-            else:
-                since += 1
-                if since >= config.patience:
-                    break
+            if stopper.update(epoch, value):
+                break
             if self.content_vae is not None:
                 self._content_epoch()  # t-step
-        if best_state is not None:
-            self._load_state(best_state)
-        self.best_epoch, self.best_value = best_epoch, best
+        if stopper.best_state is not None:
+            self._load_state(stopper.best_state)
+        self.best_epoch, self.best_value = stopper.best_epoch, stopper.best
         self.fit_seconds = time.perf_counter() - t0
 
     def _state(self) -> dict:
         nets = {"user": self.user_vae, **({"content": self.content_vae} if self.content_vae is not None else {})}
-        return {name: {k: v.detach().clone() for k, v in net.state_dict().items()} for name, net in nets.items()}
+        return {name: clone_state(net) for name, net in nets.items()}
 
     def _load_state(self, state: dict) -> None:
         self.user_vae.load_state_dict(state["user"])
