@@ -13,20 +13,24 @@ step that needs it, once per user:
     3. LLM             one prompt with the plan, the history and the numbered candidates; it
                        answers the numbers of its `llm_rank_k` best candidates, best first
     4. parsing         numbers (``3``, ``[3]``), candidate item ids and candidate titles are
-                       read in order; out-of-range numbers and ids that are not candidates
-                       (hallucinations) and repeats are dropped and counted
+                       read in order; out-of-range numbers, ids that are not candidates and
+                       titles of history items (hallucinations) and repeats are dropped and
+                       counted. Per user the answer is `full` (all `llm_rank_k` picks, nothing
+                       dropped), `partial` (some picks) or `unusable` (none: kNN order kept).
     final list = the LLM's valid picks, then the remaining candidates in kNN order, then the kNN
     ranking beyond the candidates, so the list is never shorter than k.
 
+Simplified from the paper: no Thought/Action loop and no self-inspiring multi-path planning
+(the plan above is fixed), no web-search or summarisation tool, one LLM call per user.
 Why the LLM only picks the top `llm_rank_k` (default 20) instead of ordering all candidates:
 ordering 100-200 items needs hundreds of generated tokens per user, which a 135M model on a
 CPU can neither afford nor do reliably; the top of the list is what the metrics weigh most.
 
 Users the LLM does not see (reported in `extra_result`): users with no history, and, when
 `max_users` > 0 (smoke runs), every user after the first `max_users` distinct users this model
-is asked to rank; the runner scores test first, users in index order, so these are the
-lowest-indexed test users, and the same users again when valid is scored. Those get the kNN
-order unchanged.
+is asked to rank. The runner scores test first, users in index order, so the LLM sees the
+lowest-indexed test users, then the same users again when valid is scored; all others get the
+kNN order unchanged.
 
 The LLM answers are cached in SQLite (`bench.llm`), by default in ``<workspace>/work/llm_cache.sqlite``:
 the runner's workdir is ``<workspace>/work/<preset>/<dataset>/<split>/<model>/seed<N>``, so the
@@ -67,9 +71,11 @@ STATUSES = ("full", "partial", "unusable")
 class RecMindConfig(ModelConfig):
     llm: str = field(default="smollm2-135m", metadata={
         "help": "smollm2-135m (offline), local:/path/to/hf-model or openai:<model> (OPENAI_BASE_URL, OPENAI_API_KEY)"})
-    n_candidates: int = field(default=100, metadata={"help": "item-kNN candidates shown to the LLM (paper setting 100-200)"})
+    n_candidates: int = field(default=100, metadata={
+        "help": "item-kNN candidates shown to the LLM (paper setting 100-200)"})
     history_len: int = field(default=20, metadata={"help": "most recent history items in the prompt"})
-    llm_rank_k: int = field(default=20, metadata={"help": "candidates the LLM picks and orders; the rest keep kNN order"})
+    llm_rank_k: int = field(default=20, metadata={
+        "help": "candidates the LLM picks and orders; the rest keep kNN order"})
     max_new_tokens: int = field(default=96, metadata={"help": "generation budget per user"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy decoding"})
     batch_size: int = field(default=4, metadata={"help": "prompts per generation batch (and per cache write)"})
@@ -78,7 +84,8 @@ class RecMindConfig(ModelConfig):
     knn_k: int = field(default=100, metadata={"help": "neighbours per item of the item-kNN retrieval tool"})
     title_chars: int = field(default=80, metadata={"help": "titles longer than this are cut in the prompt"})
     device: str = field(default="auto", metadata={"help": "local LLM device: auto, cpu, cuda"})
-    base_url: str = field(default="", metadata={"help": "openai backend base URL ('' = OPENAI_BASE_URL or api.openai.com)"})
+    base_url: str = field(default="", metadata={
+        "help": "openai backend base URL ('' = OPENAI_BASE_URL or api.openai.com)"})
     cache_path: str = field(default="", metadata={
         "help": "LLM answer cache (SQLite); '' = <workspace>/work/llm_cache.sqlite, 'off' = no cache"})
 
@@ -90,13 +97,11 @@ def build_prompt(history: Sequence[str], candidates: Sequence[str], n_pick: int)
     hist = "\n".join(f"- {t}" for t in history)
     cands = "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(candidates))
     return (
-        "You are RecMind, a recommendation agent. Your plan: (1) read the user's purchase history, "
-        "(2) look at the candidate products found by the item-similarity tool, (3) choose the candidates "
-        "the user is most likely to buy next.\n\n"
-        f"Observation 1 - the user's purchases, oldest first:\n{hist}\n\n"
-        f"Observation 2 - {len(candidates)} candidate products:\n{cands}\n\n"
-        f"Final answer: write the numbers of the {n_pick} best candidates, best first, separated by commas "
-        f"(for example: 3, 1, 7). Write only the numbers."
+        "You are RecMind, a recommendation agent. Plan: (1) read the user's purchases, (2) look at the candidate "
+        "products found by the item-similarity tool, (3) pick the candidates the user is most likely to buy next.\n\n"
+        f"The user's purchases, oldest first:\n{hist}\n\n"
+        f"Candidate products:\n{cands}\n\n"
+        f"Answer with the numbers of the {n_pick} best candidates, best first, separated by commas. Numbers only."
     )
 
 
@@ -110,7 +115,7 @@ class Parsed:
 
 
 _BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
-_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+\s*[.)]|#\d+\s*[.:)]?)\s+(?=\S)")
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|#?\d+\s*[.):])\s+(?=\S)")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _ID_LIKE = re.compile(r"[A-Z0-9]{8,}")  # an ASIN-like token (B00H8P1GZL) that is not a candidate
 _SPACES = re.compile(r"\s+")
@@ -121,13 +126,14 @@ def _norm(text: str) -> str:
 
 
 def parse_ranking(text: str, n_candidates: int, n_pick: int, candidate_ids: Sequence[str] = (),
-                  candidate_titles: Sequence[str] = ()) -> Parsed:
+                  candidate_titles: Sequence[str] = (), other_titles: Sequence[str] = ()) -> Parsed:
     """Read the LLM's ranking of candidates 1..n_candidates from free text.
 
     When the answer uses the prompt's ``[n]`` labels anywhere, only those are read. Otherwise,
-    line by line, after a list marker (``1.``, ``2)``, ``-``): candidate titles (longest first),
+    line by line, after a list marker (``1.``, ``2)``, ``3:``, ``-``): candidate titles (longest first),
     then number tokens (1-based candidate numbers) and candidate item ids, in reading order.
-    Words are ignored; numbers out of range and ASIN-like ids that are not candidates count as
+    Words are ignored; numbers out of range, ASIN-like ids that are not candidates and
+    `other_titles` (items named that are not candidates, e.g. the user's history) count as
     hallucinated; repeats are counted and dropped.
     status: full = `min(n_pick, n_candidates)` distinct picks and nothing dropped; partial =
     at least one pick; unusable = none.
@@ -138,8 +144,9 @@ def parse_ranking(text: str, n_candidates: int, n_pick: int, candidate_ids: Sequ
         refs = [int(n) - 1 if 1 <= int(n) <= n_candidates else -1 for n in bracketed]
     else:
         id_pos = {str(c): i for i, c in enumerate(candidate_ids)}
-        titles = sorted(((_norm(t), i) for i, t in enumerate(candidate_titles) if len(_norm(t)) >= 8),
-                        key=lambda x: -len(x[0]))
+        named = [(_norm(t), i) for i, t in enumerate(candidate_titles)]
+        named += [(_norm(t), -1) for t in other_titles if _norm(t) not in {n for n, _ in named}]
+        titles = sorted(((t, i) for t, i in named if len(t) >= 8), key=lambda x: -len(x[0]))  # longest first
         for raw in text.splitlines():
             original = _SPACES.sub(" ", _LIST_MARKER.sub("", raw, count=1)).strip()  # ids are case-sensitive
             line = original.lower()
@@ -293,10 +300,11 @@ class RecMind(Model):
             prompts.append(build_prompt([self.titles[i] for i in hist_items], [self.titles[i] for i in cand],
                                         min(cfg.llm_rank_k, len(cand))))
         texts = self._generate(prompts)
-        for r, cand, prompt, text in zip(llm_rows, cands, prompts, texts):
+        for r, hist_items, cand, prompt, text in zip(llm_rows, recent, cands, prompts, texts):
             parsed = parse_ranking(text, len(cand), min(cfg.llm_rank_k, len(cand)),
                                    candidate_ids=self.split.item_ids[cand],
-                                   candidate_titles=[self.titles[i] for i in cand])
+                                   candidate_titles=[self.titles[i] for i in cand],
+                                   other_titles=[self.titles[i] for i in hist_items])
             order[r, :len(cand)] = complete_ranking(cand, parsed.picks)
             call["users_llm"] += 1
             call[f"parse_{parsed.status}"] += 1
@@ -306,7 +314,8 @@ class RecMind(Model):
             call["items_picked"] += len(parsed.picks)
             call["picks_equal_knn_order"] += int(bool(parsed.picks) and parsed.picks == list(range(len(parsed.picks))))
             self.records.append({"call": len(self.per_call), "user_id": str(self.split.user_ids[users[r]]),
-                                 "status": parsed.status, "picks": [str(self.split.item_ids[cand[p]]) for p in parsed.picks],
+                                 "status": parsed.status,
+                                 "picks": [str(self.split.item_ids[cand[p]]) for p in parsed.picks],
                                  "hallucinated": parsed.hallucinated, "repeated": parsed.repeated, "output": text})
             if self.example is None:
                 self.example = {"prompt": prompt, "output": text, "status": parsed.status}

