@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                      help="override a setting, e.g. --set ease.l2=200 or --set split.protocol=loo (repeatable)")
     run.add_argument("--overwrite", action="store_true", help="recompute jobs whose result already exists")
+    run.add_argument("--jobs", type=int, default=1, help="run this many jobs in parallel processes (joblib)")
     run.add_argument("--download", action="store_true", help="download missing raw files first")
     run.add_argument("--no-table", action="store_true", help="do not regenerate results/LEADERBOARD.md")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -142,8 +143,10 @@ def cmd_run(args) -> int:
     jobs = plan(preset, ws, models=args.models, datasets=args.datasets, seeds=args.seeds,
                 overrides=cfg.parse_overrides(args.overrides))
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
+    if args.jobs < 1:
+        raise BenchError("--jobs must be at least 1")
     outcomes = run_grid(jobs, preset, ws, overwrite=args.overwrite, download=args.download,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, n_jobs=args.jobs)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a")}
     for o in outcomes:
         if o.status == "failed":

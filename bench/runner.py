@@ -193,30 +193,86 @@ def _recs_frame(split: Split, users: np.ndarray, recs: np.ndarray) -> pd.DataFra
                          "rank": ranks + 1})
 
 
+def _run_safely(job: Job, preset: cfg.Preset, ws: Workspace, overwrite: bool, split: Split | Path,
+                threads: int | None = None) -> Outcome:
+    """Run one job; a failure becomes an Outcome with its traceback file, never an exception."""
+    try:
+        if threads:  # parallel workers share the machine's cores
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads)
+            try:
+                import torch
+
+                torch.set_num_threads(threads)
+            except ImportError:
+                pass
+        if isinstance(split, Path):
+            from bench.data.splits import load_split
+
+            split = load_split(split)
+        return run_job(job, preset, ws, overwrite=overwrite, split=split)
+    except KeyboardInterrupt:
+        raise
+    except NotApplicable as exc:
+        logger.warning("job %s is not applicable: %s", job.key, exc)
+        return Outcome(job, "n/a", None, str(exc))
+    except Exception as exc:  # one failing job must not stop the grid
+        return _failed(job, ws, exc)
+
+
+def _failed(job: Job, ws: Workspace, exc: BaseException) -> Outcome:
+    log = ws.results / "failures" / (job.key.replace("/", "__").replace(":", "_") + ".txt")
+    write_text_atomic(log, "".join(traceback.format_exception(exc)))
+    message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+    logger.error("job %s failed: %s (traceback: %s)", job.key, message, log)
+    return Outcome(job, "failed", log, message)
+
+
 def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: bool = False,
-             download: bool = False, progress: bool = True) -> list[Outcome]:
+             download: bool = False, progress: bool = True, n_jobs: int = 1) -> list[Outcome]:
+    """Run `jobs`; splits are prepared first, once each, in this process (so parallel workers
+    never write the same split), then the jobs run here (`n_jobs=1`) or in `n_jobs` worker
+    processes through joblib. Returns one Outcome per job, in the order of `jobs`."""
+    import os
+
     from tqdm.auto import tqdm
 
-    outcomes = []
-    splits: dict[tuple[str, SplitSpec], Split] = {}  # each split is checked and loaded once per grid
-    bar = tqdm(jobs, desc="jobs", unit="job", disable=not progress)
-    for job in bar:
-        bar.set_postfix_str(job.key, refresh=True)
+    splits: dict[tuple[str, SplitSpec], Split | Exception] = {}
+    for key in dict.fromkeys((j.dataset, j.split) for j in jobs):
         try:
-            key = (job.dataset, job.split)
-            if key not in splits:
-                splits[key] = ensure_split(job.dataset, ws, job.split, download=download)
-            outcome = run_job(job, preset, ws, overwrite=overwrite, download=download, split=splits[key])
+            splits[key] = ensure_split(key[0], ws, key[1], download=download)
         except KeyboardInterrupt:
             raise
-        except NotApplicable as exc:
-            logger.warning("job %s is not applicable: %s", job.key, exc)
-            outcome = Outcome(job, "n/a", None, str(exc))
-        except Exception as exc:  # one failing job must not stop the grid
-            log = ws.results / "failures" / (job.key.replace("/", "__") + ".txt")
-            write_text_atomic(log, traceback.format_exc())
-            message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
-            logger.error("job %s failed: %s (traceback: %s)", job.key, message, log)
-            outcome = Outcome(job, "failed", log, message)
-        outcomes.append(outcome)
-    return outcomes
+        except Exception as exc:  # every job of this split fails with the same, clear reason
+            splits[key] = exc
+    outcomes: dict[int, Outcome] = {}
+    runnable = []
+    for index, job in enumerate(jobs):
+        split = splits[(job.dataset, job.split)]
+        if isinstance(split, Exception):
+            outcomes[index] = _failed(job, ws, split)
+        else:
+            runnable.append((index, job, split))
+    bar = tqdm(total=len(jobs), initial=len(outcomes), desc="jobs", unit="job", disable=not progress)
+    if n_jobs == 1:
+        for index, job, split in runnable:
+            bar.set_postfix_str(job.key, refresh=True)
+            outcomes[index] = _run_safely(job, preset, ws, overwrite, split)
+            bar.update()
+    else:
+        from joblib import Parallel, delayed
+
+        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        tasks = (delayed(_indexed)(index, job, preset, ws, overwrite, split.directory, threads)
+                 for index, job, split in runnable)
+        for index, outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks):
+            outcomes[index] = outcome
+            bar.set_postfix_str(outcome.job.key, refresh=True)
+            bar.update()
+    bar.close()
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def _indexed(index: int, *args) -> tuple[int, Outcome]:
+    return index, _run_safely(*args)
