@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting, e.g. --set ease.l2=200 or --set split.protocol=loo (repeatable)")
     run.add_argument("--overwrite", action="store_true", help="recompute jobs whose result already exists")
     run.add_argument("--jobs", type=int, default=1, help="run this many jobs in parallel processes (joblib)")
+    run.add_argument("--executor", choices=["local", "dask"], default="local",
+                     help="local processes, or a Dask cluster (see --scheduler)")
+    run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default $BENCH_DASK_SCHEDULER)")
+    run.add_argument("--gpu-resource", action="store_true",
+                     help="with --executor dask: jobs of GPU models ask the scheduler for a 'GPU' resource")
     run.add_argument("--download", action="store_true", help="download missing raw files first")
     run.add_argument("--no-table", action="store_true", help="do not regenerate results/LEADERBOARD.md")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -145,8 +150,16 @@ def cmd_run(args) -> int:
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
     if args.jobs < 1:
         raise BenchError("--jobs must be at least 1")
+    scheduler = None
+    if args.executor == "dask":
+        import os
+
+        scheduler = args.scheduler or os.environ.get("BENCH_DASK_SCHEDULER")
+        if not scheduler:
+            raise BenchError("--executor dask needs --scheduler tcp://HOST:PORT (or $BENCH_DASK_SCHEDULER)")
     outcomes = run_grid(jobs, preset, ws, overwrite=args.overwrite, download=args.download,
-                        progress=not args.no_progress, n_jobs=args.jobs)
+                        progress=not args.no_progress, n_jobs=args.jobs, scheduler=scheduler,
+                        gpu_resource=args.gpu_resource)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a")}
     for o in outcomes:
         if o.status == "failed":

@@ -230,10 +230,12 @@ def _failed(job: Job, ws: Workspace, exc: BaseException) -> Outcome:
 
 
 def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: bool = False,
-             download: bool = False, progress: bool = True, n_jobs: int = 1) -> list[Outcome]:
+             download: bool = False, progress: bool = True, n_jobs: int = 1, scheduler: str | None = None,
+             gpu_resource: bool = False) -> list[Outcome]:
     """Run `jobs`; splits are prepared first, once each, in this process (so parallel workers
-    never write the same split), then the jobs run here (`n_jobs=1`) or in `n_jobs` worker
-    processes through joblib. Returns one Outcome per job, in the order of `jobs`."""
+    never write the same split), then the jobs run here (`n_jobs=1`), in `n_jobs` worker
+    processes through joblib, or on a Dask cluster (`scheduler` address, see bench.cluster).
+    Returns one Outcome per job, in the order of `jobs`."""
     import os
 
     from tqdm.auto import tqdm
@@ -255,7 +257,16 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
         else:
             runnable.append((index, job, split))
     bar = tqdm(total=len(jobs), initial=len(outcomes), desc="jobs", unit="job", disable=not progress)
-    if n_jobs == 1:
+    if scheduler:
+        from bench.cluster import run_on_dask
+
+        def done(index: int, outcome: Outcome) -> None:
+            outcomes[index] = outcome
+            bar.set_postfix_str(outcome.job.key, refresh=True)
+            bar.update()
+
+        run_on_dask(runnable, preset, ws, overwrite, scheduler, gpu_resource, done)
+    elif n_jobs == 1:
         for index, job, split in runnable:
             bar.set_postfix_str(job.key, refresh=True)
             outcomes[index] = _run_safely(job, preset, ws, overwrite, split)
