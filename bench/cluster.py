@@ -43,7 +43,7 @@ def run_on_dask(runnable: list, preset, ws, overwrite: bool, scheduler: str, gpu
     try:
         futures = []
         for index, job, split in runnable:
-            resources = {"GPU": 1} if gpu_resource and MODELS.entry(job.model).meta.get("gpu") else None
+            resources = {"GPU": 1} if gpu_resource and MODELS.entry(job.model_class_name).meta.get("gpu") else None
             futures.append(client.submit(_indexed, index, job, preset, ws, overwrite, Path(split.directory), None,
                                          resources=resources, pure=False, key=f"bench-{index}-{job.key}"))
         for future in as_completed(futures):

@@ -33,6 +33,8 @@ class Preset:
     splits: tuple[dict, ...] = ({"protocol": "random", "seed": 0},)
     model_settings: str = "default"
     models_config: dict = field(default_factory=dict)
+    # name -> {model: registered name, config: {...}}: one model under several settings in one grid
+    aliases: dict = field(default_factory=dict)
     topk: int = 100
     ks: tuple[int, ...] = (20, 40, 100)
 

@@ -43,6 +43,11 @@ class Job:
     model: str
     seed: int
     config: object  # the model's resolved frozen Config
+    registry_name: str = ""  # the registered model behind `model` when `model` is a preset alias
+
+    @property
+    def model_class_name(self) -> str:
+        return self.registry_name or self.model
 
     @property
     def key(self) -> str:
@@ -52,7 +57,7 @@ class Job:
         return ws.runs / self.preset / self.dataset / self.split.name / self.model / f"seed{self.seed}.json"
 
     def config_hash(self, preset: cfg.Preset) -> str:
-        return hash_json({"model": self.model, "config": cfg.to_dict(self.config), "topk": preset.topk,
+        return hash_json({"model": self.model_class_name, "config": cfg.to_dict(self.config), "topk": preset.topk,
                           "ks": list(preset.ks), "metrics": METRICS_VERSION})
 
 
@@ -68,7 +73,17 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
          overrides: dict | None = None) -> list[Job]:
     """Expand a preset (narrowed by --models/--datasets/--seeds, changed by --set) into jobs."""
     overrides = dict(overrides or {})
-    model_names = MODELS.resolve(models or list(preset.models))
+    aliases = preset.aliases
+    requested = models or list(preset.models)
+    if isinstance(requested, str):
+        requested = requested.split(",")
+    requested = [m.strip() for m in requested if m.strip()]
+    # A preset may run one registered model under several names and settings ("aliases").
+    model_names: list[str] = []
+    for name in requested:
+        for resolved in ([name] if name in aliases else MODELS.resolve(name)):
+            if resolved not in model_names:
+                model_names.append(resolved)
     dataset_names = resolve_datasets(datasets or list(preset.datasets), ws)
     seed_list = [int(s) for s in (seeds if seeds is not None else preset.seeds)]
     split_over = overrides.pop("split", {})
@@ -77,13 +92,17 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
     if unknown_scopes:
         raise BenchError(f"--set names {sorted(unknown_scopes)}, which are not models of this run "
                          f"({', '.join(model_names)}) nor 'split'")
-    configs = {}
+    configs, registry = {}, {}
     for name in model_names:
-        cls = MODELS.get(name).Config
-        values = {**cfg.model_yaml(name, preset.model_settings), **(preset.models_config.get(name) or {}),
+        alias = aliases.get(name) or {}
+        registry[name] = alias.get("model", name)
+        cls = MODELS.get(registry[name]).Config
+        values = {**cfg.model_yaml(registry[name], preset.model_settings),
+                  **(preset.models_config.get(registry[name]) or {}), **(alias.get("config") or {}),
                   **overrides.get(name, {})}
         configs[name] = cfg.build(cls, values, name)
-    return [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed))
+    return [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed),
+                registry[m] if registry[m] != m else "")
             for d in dataset_names for s in splits for m in model_names for seed in seed_list]
 
 
@@ -152,7 +171,7 @@ def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = Fa
     workdir = ws.root / "work" / job.key
     workdir.mkdir(parents=True, exist_ok=True)
     seed_everything(job.seed)
-    model = MODELS.get(job.model)()
+    model = MODELS.get(job.model_class_name)()
     with PeakMemory() as memory:
         t0 = time.perf_counter()
         model.fit(split, job.config, workdir)
@@ -173,6 +192,7 @@ def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = Fa
     result = {
         "schema": RESULT_SCHEMA,
         "preset": job.preset, "dataset": job.dataset, "model": job.model, "seed": job.seed,
+        "registered_model": job.model_class_name,
         "split": {"name": split.name, "hash": split.hash, **split.spec, **split.stats},
         "config": cfg.to_dict(job.config), "config_hash": config_hash,
         "metrics": test_eval.metrics, "valid_metrics": valid_eval.metrics, "n_users": test_eval.n_users,

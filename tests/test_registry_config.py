@@ -71,3 +71,18 @@ def test_presets_load_and_layering(tmp_path):
     assert plan(smoke, Workspace(tmp_path), models="ease", datasets="synthetic-tiny")[0].config.l2 == 100.0
     with pytest.raises(UnknownNameError, match="unknown preset"):
         cfg.load_preset("smok")
+
+
+def test_preset_aliases_run_one_model_under_two_settings(tmp_path):
+    from bench.paths import Workspace
+    from bench.runner import plan
+
+    preset = cfg.Preset(name="t", datasets=("synthetic-tiny",), models=("ease-lo", "ease-hi", "pop"),
+                        aliases={"ease-lo": {"model": "ease", "config": {"l2": 1}},
+                                 "ease-hi": {"model": "ease", "config": {"l2": 1000}}})
+    jobs = {j.model: j for j in plan(preset, Workspace(tmp_path))}
+    assert set(jobs) == {"ease-lo", "ease-hi", "pop"}
+    assert jobs["ease-lo"].model_class_name == "ease" and jobs["pop"].model_class_name == "pop"
+    assert (jobs["ease-lo"].config.l2, jobs["ease-hi"].config.l2) == (1.0, 1000.0)
+    assert jobs["ease-lo"].config_hash(preset) != jobs["ease-hi"].config_hash(preset)
+    assert jobs["ease-lo"].result_path(Workspace(tmp_path)).parent.name == "ease-lo"
