@@ -60,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--encoder", help="sentence encoder for --similarity text (default: offline all-MiniLM-L6-v2)")
     score.add_argument("--out", type=Path, help="write the metrics JSON here")
 
-    table = sub.add_parser("table", help="render results/LEADERBOARD.md and results/tables/ from result files")
+    table = sub.add_parser("table", help="render results/LEADERBOARD.md and the paper's tables and figures "
+                                         "(results/tables/) from result files")
     table.add_argument("--preset", help="only this preset's results")
+
+    report = sub.add_parser("report", help="write results/REPORT.md: does this run reproduce the paper's claims?")
+    report.add_argument("--preset", help="only this preset's results")
 
     data = sub.add_parser("data", help="download, register, prepare and split datasets")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
@@ -188,10 +192,19 @@ def cmd_score(args) -> int:
 
 
 def cmd_table(args) -> int:
+    from bench.paper_tables import write_tables
     from bench.tables import write_leaderboard
 
-    for path in write_leaderboard(_ws(args), args.preset):
+    ws = _ws(args)
+    for path in write_leaderboard(ws, args.preset) + write_tables(ws, args.preset):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.paper_tables import write_report
+
+    print(f"wrote {write_report(_ws(args), args.preset)}")
     return 0
 
 
@@ -235,7 +248,7 @@ def cmd_data(args) -> int:
     return 2
 
 
-COMMANDS = {"ls": cmd_ls, "run": cmd_run, "score": cmd_score, "table": cmd_table, "data": cmd_data}
+COMMANDS = {"ls": cmd_ls, "run": cmd_run, "score": cmd_score, "table": cmd_table, "report": cmd_report, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())
