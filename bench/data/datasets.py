@@ -10,6 +10,7 @@ official 2018 format, with metadata).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -144,11 +145,10 @@ def get_dataset(name: str, ws: Workspace | None = None) -> DatasetSpec:
     if "/" in name or ".." in name:
         raise UnknownNameError(f"invalid dataset name {name!r}: names never contain '/' or '..'; "
                                "register your files with `bench data prepare --dataset NAME --source PATH`")
-    probe = Registry("dataset")
-    for n in dataset_names(ws):
-        probe.register(n, None) if re.match(r"^[a-z0-9][a-z0-9.\-]*$", n) else None
-    raise UnknownNameError(probe.unknown_message(name) +
-                           " Your own data: `bench data prepare --dataset NAME --source PATH`.")
+    close = difflib.get_close_matches(name, dataset_names(ws), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownNameError(f"unknown dataset {name!r}.{hint} Run `bench ls datasets` to see every dataset; "
+                           "your own data: `bench data prepare --dataset NAME --source PATH`.")
 
 
 def resolve_datasets(spec: str | list[str] | None, ws: Workspace, default: list[str] | None = None) -> list[str]:
