@@ -37,3 +37,15 @@ def items_table() -> pd.DataFrame:
     return pd.DataFrame({"item": [f"i{i}" for i in range(40)], "title": [f"title {i}" for i in range(40)],
                          "brand": [f"b{i % 5}" for i in range(40)],
                          "categories": [f"Toys|Sub{i % 4}" for i in range(40)], "description": ""})
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: a second OpenMP thread only spins and makes an
+    epoch several times slower. Used by the model test modules; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

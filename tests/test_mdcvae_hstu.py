@@ -27,14 +27,7 @@ MDCVAE_FAST = dict(hidden_dims=(200,), latent_dim=64, content_hidden_dims=(64,),
 HSTU_FAST = dict(dim=32, head_dim=16, negatives=64, batch_size=32, lr=3e-3, epochs=15, patience=15)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These tensors are tiny: on a shared 2-core machine a second OpenMP thread only spins
-    (several times slower). Scoped to this module and restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,7 @@ FAST = dict(backbone="tiny", device="cpu", max_prompt_tokens=96, data_max_histor
             ppo_mini_batch_size=16, ppo_inner_epochs=1, ppo_list_len=8, ppo_lr=1e-4, rank_batch_size=128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: on a shared 2-core machine a second thread only spins (several times slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

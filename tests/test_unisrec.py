@@ -27,14 +27,7 @@ from bench.runner import evaluate_split  # noqa: E402
 SMALL = dict(hidden_size=64, inner_size=128, n_experts=4, batch_size=128, epochs=6, patience=3, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a loaded 2-core machine torch's OpenMP threads oversubscribe the cores and a 1-second
-    # epoch can take 10; one thread keeps this file's run time predictable. Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
