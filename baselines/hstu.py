@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bench.models import Model, ModelConfig, validate
-from bench.training import EarlyStopping, clone_state
+from bench.models import Model, ModelConfig
+from bench.training import clone_state, fit_with_early_stopping
 
 logger = logging.getLogger(__name__)
 
@@ -228,22 +227,12 @@ class HSTU(Model):
     # --- the model contract ------------------------------------------------------------------
 
     def fit(self, split, config: HSTUConfig, workdir: Path) -> None:
-        from tqdm.auto import tqdm
-
         t0 = time.perf_counter()
         self._setup(split, config)
-        stopper = EarlyStopping(config.patience, snapshot=lambda: clone_state(self.net))
-        self.train_losses, self.valid_values = [], []
-        bar = tqdm(range(config.epochs), desc="hstu", unit="epoch", disable=not sys.stderr.isatty())
-        for epoch in bar:
-            self.train_losses.append(self._train_epoch())
-            value = validate(self, split, config.valid_metric)
-            self.valid_values.append(value)
-            bar.set_postfix(loss=f"{self.train_losses[-1]:.3f}", **{config.valid_metric: f"{value:.4f}"})
-            if stopper.update(epoch, value):
-                break
-        if stopper.best_state is not None:
-            self.net.load_state_dict(stopper.best_state)
+        self.train_losses, self.valid_values, stopper = fit_with_early_stopping(
+            self, split, epochs=config.epochs, patience=config.patience, metric=config.valid_metric,
+            train_epoch=self._train_epoch, snapshot=lambda: clone_state(self.net),
+            restore=self.net.load_state_dict, desc="hstu")
         self.best_epoch, self.best_value = stopper.best_epoch, stopper.best
         self.fit_seconds = time.perf_counter() - t0
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,8 +48,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bench.data.canonical import split_categories
-from bench.models import Model, ModelConfig, validate
-from bench.training import EarlyStopping, clone_state
+from bench.models import Model, ModelConfig
+from bench.training import clone_state, fit_with_early_stopping
 
 logger = logging.getLogger(__name__)
 
@@ -281,8 +280,6 @@ class MDCVAE(Model):
     # --- the model contract ------------------------------------------------------------------
 
     def fit(self, split, config: MDCVAEConfig, workdir: Path) -> None:
-        from tqdm.auto import tqdm
-
         t0 = time.perf_counter()
         self._setup(split, config)
         if self.content_vae is not None:
@@ -290,20 +287,18 @@ class MDCVAE(Model):
             for _ in range(config.content_pretrain_epochs):
                 self._content_epoch()
             self.pretraining = False
-        stopper = EarlyStopping(config.patience, snapshot=self._state)
-        self.train_losses, self.valid_values = [], []
-        bar = tqdm(range(config.epochs), desc="md-cvae", unit="epoch", disable=not sys.stderr.isatty())
-        for epoch in bar:
-            self.train_losses.append(self._user_epoch())  # b-step
-            value = validate(self, split, config.valid_metric)
-            self.valid_values.append(value)
-            bar.set_postfix(loss=f"{self.train_losses[-1]:.3f}", **{config.valid_metric: f"{value:.4f}"})
-            if stopper.update(epoch, value):
-                break
-            if self.content_vae is not None:
-                self._content_epoch()  # t-step
-        if stopper.best_state is not None:
-            self._load_state(stopper.best_state)
+        first = [True]
+
+        def epoch() -> float:
+            # Alternating optimisation: a t-step (content VAE) between consecutive b-steps (user VAE).
+            if not first[0] and self.content_vae is not None:
+                self._content_epoch()
+            first[0] = False
+            return self._user_epoch()
+
+        self.train_losses, self.valid_values, stopper = fit_with_early_stopping(
+            self, split, epochs=config.epochs, patience=config.patience, metric=config.valid_metric,
+            train_epoch=epoch, snapshot=self._state, restore=self._load_state, desc="md-cvae")
         self.best_epoch, self.best_value = stopper.best_epoch, stopper.best
         self.fit_seconds = time.perf_counter() - t0
 

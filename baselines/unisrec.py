@@ -59,7 +59,6 @@ from __future__ import annotations
 import html
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +67,9 @@ import numpy as np
 
 from bench.errors import ConfigError
 from bench.io import atomic_path, hash_json
-from bench.models import Model, ModelConfig, validate
+from bench.models import Model, ModelConfig
 from bench.text import DEFAULT_ENCODER, encode_texts
-from bench.training import EarlyStopping, clone_state
+from bench.training import clone_state, fit_with_early_stopping
 
 logger = logging.getLogger(__name__)
 
@@ -359,23 +358,15 @@ class UniSRec(Model):
         return float(np.mean(losses)) if losses else float("nan")
 
     def fit(self, split, config: UniSRecConfig, workdir: Path) -> None:
-        from tqdm.auto import tqdm
-
         t0 = time.perf_counter()
         self._setup(split, config, workdir)
-        self.losses, self.valid_values = [], []
-        stopper = EarlyStopping(config.patience, snapshot=lambda: clone_state(self.net))
-        bar = tqdm(range(config.epochs), desc="unisrec", unit="epoch", disable=not sys.stderr.isatty())
-        for epoch in bar:
-            self.losses.append(self._epoch())
-            value = validate(self, split, config.valid_metric)  # NaN (no valid users) is never better
-            self.valid_values.append(value)
-            bar.set_postfix(loss=f"{self.losses[-1]:.3f}", **{config.valid_metric: f"{value:.4f}"})
-            if stopper.update(epoch, value):
-                break
-        if stopper.best_state is not None:
-            self.net.load_state_dict(stopper.best_state)
+        def restore(state) -> None:
+            self.net.load_state_dict(state)
             self._items_eval = None
+
+        self.losses, self.valid_values, stopper = fit_with_early_stopping(
+            self, split, epochs=config.epochs, patience=config.patience, metric=config.valid_metric,
+            train_epoch=self._epoch, snapshot=lambda: clone_state(self.net), restore=restore, desc="unisrec")
         self.best_epoch, self.best_value = stopper.best_epoch, stopper.best
         self.fit_seconds = time.perf_counter() - t0
 

@@ -38,3 +38,31 @@ class EarlyStopping:
 def clone_state(module) -> dict:
     """A detached copy of a torch module's state dict (kept in memory, never pickled)."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric: str,
+                            train_epoch: Callable[[], float], snapshot: Callable[[], Any],
+                            restore: Callable[[Any], None], desc: str) -> tuple[list[float], list[float], EarlyStopping]:
+    """The loop every model written here shares: one training epoch, then `metric` on the
+    validation split through the one evaluator (`bench.models.validate`), early stopping, and
+    the best state restored at the end. Returns (train losses, valid values, the stopper)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from bench.models import validate
+
+    losses: list[float] = []
+    values: list[float] = []
+    stopper = EarlyStopping(patience, snapshot)
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not sys.stderr.isatty())
+    for epoch in bar:
+        losses.append(train_epoch())
+        value = validate(model, split, metric)  # NaN (no valid users) is never "better"
+        values.append(value)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", **{metric: f"{value:.4f}"})
+        if stopper.update(epoch, value):
+            break
+    if stopper.best_state is not None:
+        restore(stopper.best_state)
+    return losses, values, stopper
