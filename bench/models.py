@@ -14,7 +14,8 @@ scoring test). A model may use it as input; it never sees the scored part. The h
 not the model, removes history items before taking the top-K (`bench.runner.top_k`), so
 every model is masked the same way.
 
-Adding a model = one file + one line below + (optionally) bench/configs/models/<name>.yaml.
+Adding a model = one file + one line below + (optionally) bench/configs/models/<name>.yaml
+(``settings="other"`` makes a variant read another model's YAML and preset settings).
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ MODELS.register("md-cvae", "baselines.mdcvae:MDCVAE", family="hybrid", gpu=True,
 MODELS.register("hstu", "baselines.hstu:HSTU", family="sequential", gpu=True, minutes=30)
 MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True, minutes=60)
 MODELS.register("recmind", "baselines.recmind:RecMind", family="llm-agent", gpu=True, minutes=240)
+# PageLLM and its ablations (Table 1, Appendix G) read bench/configs/models/pagellm.yaml
+MODELS.register("pagellm", "pagellm.model:PageLLM", family="pagellm", gpu=True, minutes=240)
+MODELS.register("pagellm-item", "pagellm.model:PageLLMItem", family="pagellm", gpu=True, minutes=240,
+                settings="pagellm")
+MODELS.register("pagellm-page", "pagellm.model:PageLLMPage", family="pagellm", gpu=True, minutes=240,
+                settings="pagellm")
+MODELS.register("pagellm-sft", "pagellm.model:PageLLMSFT", family="pagellm", gpu=True, minutes=120,
+                settings="pagellm")
 
 
 def validate(model: Model, split, metric: str = "ndcg@20") -> float:

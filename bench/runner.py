@@ -96,10 +96,14 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
     for name in model_names:
         alias = aliases.get(name) or {}
         registry[name] = alias.get("model", name)
-        cls = MODELS.get(registry[name]).Config
-        values = {**cfg.model_yaml(registry[name], preset.model_settings),
-                  **(preset.models_config.get(registry[name]) or {}), **(alias.get("config") or {}),
-                  **overrides.get(name, {})}
+        entry = MODELS.entry(registry[name])
+        # Variants of one model (pagellm-item, ...) read their family's settings, so they resolve
+        # to the same configuration and can share training stages.
+        shared = entry.meta.get("settings", registry[name])
+        cls = entry.load().Config
+        values = {**cfg.model_yaml(shared, preset.model_settings),
+                  **(preset.models_config.get(shared) or {}), **(preset.models_config.get(registry[name]) or {}),
+                  **(alias.get("config") or {}), **overrides.get(name, {})}
         configs[name] = cfg.build(cls, values, name)
     return [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed),
                 registry[m] if registry[m] != m else "")

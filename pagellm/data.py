@@ -237,10 +237,10 @@ class Catalogue:
     brands: list[str]
     categories: list[list[str]]
     descriptions: list[str]
-    redundancy_title_jaccard: float = 0.5
+    redundancy_title_jaccard: float = 0.6
 
     @classmethod
-    def from_items(cls, items: pd.DataFrame, redundancy_title_jaccard: float = 0.5) -> "Catalogue":
+    def from_items(cls, items: pd.DataFrame, redundancy_title_jaccard: float = 0.6) -> "Catalogue":
         """`items`: indexed 0..n_items-1 with title, brand, categories ("|"-joined), description."""
         items = items.reindex(columns=["title", "brand", "categories", "description"]).fillna("")
         return cls(titles=[str(t).strip() for t in items["title"]], brands=[str(b).strip() for b in items["brand"]],

@@ -81,7 +81,7 @@ class PageLLMConfig(ModelConfig):
     data_max_history: int = field(default=50, metadata={"help": "data: most recent history items in a prompt"})
     data_prompt_ratings: bool = field(default=True, metadata={"help": "data: ratings after history items"})
     data_diversity_lambda: float = field(default=1.0, metadata={"help": "data: golden-list diversity weight"})
-    data_redundancy_title_jaccard: float = field(default=0.5, metadata={"help": "data: near-duplicate title Jaccard"})
+    data_redundancy_title_jaccard: float = field(default=0.6, metadata={"help": "data: near-duplicate title Jaccard"})
     data_pairs_per_user: int = field(default=1, metadata={"help": "data: pairs per user and family"})
     data_replace_fraction: float = field(default=0.5, metadata={"help": "data: replaced share in rejected lists"})
     data_ranked_swaps: int = field(default=1, metadata={"help": "data: swaps per ranked pair"})

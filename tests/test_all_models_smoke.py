@@ -29,3 +29,15 @@ def test_every_registered_model_runs_the_smoke_preset(tmp_path, capsys):
         recs = pd.read_csv(runs / name / "seed0.recs.csv.gz", dtype={"user_id": str, "item_id": str})
         assert not seen_pairs & set(zip(recs["user_id"], recs["item_id"])), f"{name} recommended a seen item"
         assert recs.groupby("user_id").size().min() >= 20, name
+    # PageLLM variants: cost fields for Table 3, reward accuracy, and shared stages computed once.
+    info = {name: json.loads((runs / name / "seed0.json").read_text())["model_info"]
+            for name in ("pagellm", "pagellm-item", "pagellm-page", "pagellm-sft")}
+    for name, model_info in info.items():
+        for stage, record in model_info["stages"].items():
+            assert record["seconds"] > 0 and record["memory"]["peak_rss_mb"] > 0, (name, stage)
+            assert 0 < record["parameters"]["trainable"] <= record["parameters"]["total"], (name, stage)
+    assert set(info["pagellm"]["stages"]) == {"pretrain", "finetune", "reward-page", "reward-item", "ppo"}
+    assert set(info["pagellm-sft"]["stages"]) == {"pretrain", "finetune"}
+    computed = [(n, s) for n, i in info.items() for s, r in i["stages"].items() if s != "ppo" and not r["cached"]]
+    assert sorted(s for _, s in computed) == ["finetune", "pretrain", "reward-item", "reward-page"]
+    assert set(info["pagellm"]["reward_accuracy"]) == {"page", "item", "mixed"}

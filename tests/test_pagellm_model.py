@@ -258,8 +258,9 @@ def test_config_carries_every_data_setting_and_yaml_sections_build():
     for section in ("default", "paper", "smoke"):
         config = cfg.build(PageLLMConfig, cfg.model_yaml("pagellm", section), "pagellm")
         assert config.ppo_lr == (1e-4 if section == "smoke" else 1e-5)
-    # The paper settings are the dataclass defaults: variants without a YAML file get the same.
+    # The YAML's default section repeats the dataclass defaults, which agree with pagellm.data's.
     assert cfg.build(PageLLMConfig, cfg.model_yaml("pagellm", "default"), "pagellm") == PageLLMConfig()
+    assert PageLLMConfig().data_config() == DataConfig()
     assert PageLLMConfig(backbone="llama-3.2-1b").use_lora and not PageLLMConfig().use_lora
 
 

@@ -86,3 +86,33 @@ def test_preset_aliases_run_one_model_under_two_settings(tmp_path):
     assert (jobs["ease-lo"].config.l2, jobs["ease-hi"].config.l2) == (1.0, 1000.0)
     assert jobs["ease-lo"].config_hash(preset) != jobs["ease-hi"].config_hash(preset)
     assert jobs["ease-lo"].result_path(Workspace(tmp_path)).parent.name == "ease-lo"
+
+
+@pytest.mark.parametrize("section", ["smoke", "paper"])
+def test_pagellm_variants_resolve_to_the_same_settings(tmp_path, section):
+    """The variants share training stages only if they plan to identical configurations."""
+    from bench.paths import Workspace
+    from bench.runner import plan
+
+    preset = cfg.Preset(name="t", datasets=("synthetic-tiny",), model_settings=section,
+                        models_config={"pagellm": {"ppo_lr": 3e-4}})
+    jobs = plan(preset, Workspace(tmp_path), models="pagellm,pagellm-item,pagellm-page,pagellm-sft",
+                overrides=cfg.parse_overrides(["pagellm-sft.finetune_epochs=2"]))
+    configs = {j.model: dataclasses.asdict(j.config) for j in jobs}
+    assert configs["pagellm"]["ppo_lr"] == 3e-4
+    assert configs["pagellm"] == configs["pagellm-item"] == configs["pagellm-page"]
+    assert configs["pagellm-sft"]["finetune_epochs"] == 2  # --set still reaches one variant only
+    assert (configs["pagellm"]["backbone"] == "tiny") == (section == "smoke")
+
+
+@pytest.mark.parametrize("name", cfg.preset_names())
+def test_every_preset_plans(tmp_path, name):
+    """Each shipped preset names known datasets, models and settings (planning reads no data)."""
+    from bench.paths import Workspace
+    from bench.runner import plan
+
+    preset = cfg.load_preset(name)
+    jobs = plan(preset, Workspace(tmp_path))
+    assert jobs and preset.description
+    assert {j.seed for j in jobs} == set(preset.seeds)
+    assert len(jobs) == len({(j.dataset, j.split.name, j.model, j.seed) for j in jobs})
