@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-table", action="store_true", help="do not regenerate results/LEADERBOARD.md")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    judge = sub.add_parser("judge", help="LLM judge (Figure 3): the judged model's pages against the best "
+                                         "baseline's, for existing results of a preset")
+    judge.add_argument("--preset", default="smoke", help="whose results to judge (default: smoke)")
+    judge.add_argument("--datasets", help="comma-separated dataset names (default: every dataset with results)")
+    judge.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                       help="judge setting, e.g. --set judge.llm=openai:gpt-4o-mini --set judge.users=200")
+    judge.add_argument("--overwrite", action="store_true", help="judge again even when nothing changed")
+
     score = sub.add_parser("score", help="score anyone's recommendation lists with the evaluator")
     score.add_argument("--train", required=True, type=Path, help="CSV user_id,item_id[,rating] (history to mask)")
     score.add_argument("--test", required=True, type=Path, help="CSV user_id,item_id[,rating] (held-out items)")
@@ -149,8 +157,9 @@ def cmd_run(args) -> int:
     ws = _ws(args)
     preset_name = args.preset or ("smoke" if not (args.models or args.datasets) else "default")
     preset = cfg.load_preset(preset_name)
-    jobs = plan(preset, ws, models=args.models, datasets=args.datasets, seeds=args.seeds,
-                overrides=cfg.parse_overrides(args.overrides))
+    overrides = cfg.parse_overrides(args.overrides)
+    judge_overrides = overrides.pop("judge", {})
+    jobs = plan(preset, ws, models=args.models, datasets=args.datasets, seeds=args.seeds, overrides=overrides)
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
     if args.jobs < 1:
         raise BenchError("--jobs must be at least 1")
@@ -170,12 +179,48 @@ def cmd_run(args) -> int:
             print(f"FAILED {o.job.key}: {o.error}\n  traceback: {o.path}", file=sys.stderr)
         elif o.status == "n/a":
             print(f"not applicable: {o.job.key}: {o.error}")
+    judge_failed = 0
+    if preset.judge or judge_overrides:
+        judge_failed = _judge(ws, preset, judge_overrides, sorted({j.dataset for j in jobs}), args.overwrite)
     if not args.no_table:
         paths = write_leaderboard(ws)
         print(f"leaderboard: {paths[0]}")
     print(f"summary: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed"
           + (f", {counts['n/a']} not applicable" if counts["n/a"] else ""))
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or judge_failed else 0
+
+
+def _judge(ws, preset, overrides: dict, datasets: list[str] | None, overwrite: bool) -> int:
+    """Run the LLM judge over the preset's results; prints a summary, returns the failures."""
+    from bench import config as cfg
+    from bench.judge import JudgeConfig, judge_results
+
+    config = cfg.build(JudgeConfig, {**preset.judge, **overrides}, "judge")
+    outcomes = judge_results(ws, preset, config, datasets=datasets, overwrite=overwrite)
+    for o in outcomes:
+        if o.status == "failed":
+            print(f"JUDGE FAILED {o.key}: {o.error}", file=sys.stderr)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("judged", "skipped", "failed")}
+    if not outcomes:
+        print(f"judge: no result of {config.model} under preset {preset.name} to judge")
+    else:
+        print(f"judge ({config.llm}, {config.model} vs {config.baseline}): {counts['judged']} judged, "
+              f"{counts['skipped']} skipped, {counts['failed']} failed")
+    return counts["failed"]
+
+
+def cmd_judge(args) -> int:
+    from bench import config as cfg
+    from bench.data.datasets import resolve_datasets
+
+    ws = _ws(args)
+    preset = cfg.load_preset(args.preset)
+    overrides = cfg.parse_overrides(args.overrides)
+    extra = set(overrides) - {"judge"}
+    if extra:
+        raise BenchError(f"bench judge takes --set judge.KEY=VALUE only, not {sorted(extra)}")
+    datasets = resolve_datasets(args.datasets, ws) if args.datasets else None
+    return 1 if _judge(ws, preset, overrides.get("judge", {}), datasets, args.overwrite) else 0
 
 
 def cmd_score(args) -> int:
@@ -248,7 +293,8 @@ def cmd_data(args) -> int:
     return 2
 
 
-COMMANDS = {"ls": cmd_ls, "run": cmd_run, "score": cmd_score, "table": cmd_table, "report": cmd_report, "data": cmd_data}
+COMMANDS = {"ls": cmd_ls, "run": cmd_run, "judge": cmd_judge, "score": cmd_score, "table": cmd_table,
+            "report": cmd_report, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,6 +35,8 @@ class Preset:
     models_config: dict = field(default_factory=dict)
     # name -> {model: registered name, config: {...}}: one model under several settings in one grid
     aliases: dict = field(default_factory=dict)
+    # settings of the LLM judge run after the grid (bench.judge.JudgeConfig); empty = no judge
+    judge: dict = field(default_factory=dict)
     topk: int = 100
     ks: tuple[int, ...] = (20, 40, 100)
 

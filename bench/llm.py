@@ -133,7 +133,7 @@ class LocalLLM(LLMClient):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from bench.torch_utils import pick_device
+        from bench.torch_utils import pick_device, quiet_transformers
 
         t0 = time.perf_counter()
         self.device = pick_device(self.device_pref)
@@ -145,7 +145,8 @@ class LocalLLM(LLMClient):
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
             # float32 keeps CPU answers deterministic; a bf16 GPU run would be another model for the cache.
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+            with quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
         except (OSError, ValueError) as exc:
             raise BenchError(f"{path}: cannot load a causal language model ({exc})") from None
         if kwargs and converted is not None:

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from bench.io import atomic_path, write_text_atomic
+from bench.judge import read_judgement
 from bench.paths import Workspace
 from bench.results import iter_results
 from bench.tables import LOWER_IS_BETTER
@@ -195,7 +196,8 @@ def load_runs(ws: Workspace, preset: str | None = None) -> pd.DataFrame:
     Only `schema, preset, dataset, model, seed, split, metrics, config_hash` are required; `config`,
     `timing`, `model_info` and `per_user` are optional, so results written before they existed load.
     Columns: preset, dataset, split, model, entry, backbone, seed, path, per_user_path, costs (dict),
-    judge (dict or None), then one column per metric.
+    judge (dict or None: `model_info.judge`, else the `.judge.json` beside the file), then one column
+    per metric.
     """
     rows = []
     base = ws.runs / preset if preset else ws.runs
@@ -214,7 +216,7 @@ def load_runs(ws: Workspace, preset: str | None = None) -> pd.DataFrame:
                "split": split.get("name", "?") if isinstance(split, dict) else str(split),
                "model": r["model"], "backbone": str(backbone), "seed": int(r["seed"]), "path": str(path),
                "per_user_path": str(path.parent / per_user) if per_user else None, "costs": costs,
-               "judge": info.get("judge")}
+               "judge": info.get("judge") or read_judgement(path)}
         for name, value in (r["metrics"] or {}).items():
             row[name] = float(value) if isinstance(value, (int, float)) else math.nan
         rows.append(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -11,6 +12,7 @@ import pandas as pd
 from bench.errors import DataError
 from bench.paths import Workspace
 
+_RESULT_NAME = re.compile(r"seed\d+\.json")
 REQUIRED = ("schema", "preset", "dataset", "model", "seed", "split", "metrics", "config_hash")
 
 
@@ -29,7 +31,8 @@ def load_result(path: Path) -> dict:
 def iter_results(ws: Workspace, preset: str | None = None) -> Iterator[tuple[Path, dict]]:
     base = ws.runs / preset if preset else ws.runs
     for path in sorted(base.rglob("seed*.json")):
-        yield path, load_result(path)
+        if _RESULT_NAME.fullmatch(path.name):  # not the side files (seed0.judge.json)
+            yield path, load_result(path)
 
 
 def results_frame(ws: Workspace, preset: str | None = None) -> pd.DataFrame:

@@ -87,7 +87,15 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
     dataset_names = resolve_datasets(datasets or list(preset.datasets), ws)
     seed_list = [int(s) for s in (seeds if seeds is not None else preset.seeds)]
     split_over = overrides.pop("split", {})
-    splits = [cfg.build(SplitSpec, {**s, **split_over}, "split") for s in preset.splits]
+    # A preset's split may name the models it is for (e.g. the cold-start split of `smoke`).
+    splits, split_models = [], []
+    for entry in preset.splits:
+        entry = dict(entry)
+        only = entry.pop("models", None)
+        splits.append(cfg.build(SplitSpec, {**entry, **split_over}, "split"))
+        split_models.append(None if only is None else
+                            {n for name in ([only] if isinstance(only, str) else only)
+                             for n in ([name] if name in aliases else MODELS.resolve(name))})
     unknown_scopes = set(overrides) - set(model_names)
     if unknown_scopes:
         raise BenchError(f"--set names {sorted(unknown_scopes)}, which are not models of this run "
@@ -107,7 +115,8 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
         configs[name] = cfg.build(cls, values, name)
     return [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed),
                 registry[m] if registry[m] != m else "")
-            for d in dataset_names for s in splits for m in model_names for seed in seed_list]
+            for d in dataset_names for s, only in zip(splits, split_models) for m in model_names
+            if only is None or m in only for seed in seed_list]
 
 
 def seed_everything(seed: int) -> None:

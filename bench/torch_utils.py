@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' "Loading weights" / "Writing model shards" progress bars while a model
+    we manage is saved or loaded (several times per job: noise next to the grid's own bar)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def pick_device(preference: str = "auto"):

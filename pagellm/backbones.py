@@ -40,7 +40,6 @@ restriction is used for fine-tuning, PPO rollouts, PPO updates, KL, entropy and 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -53,6 +52,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bench.errors import BenchError, ConfigError
+from bench.torch_utils import quiet_transformers
 from pagellm.prompts import item_token, user_token
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class Backbone:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         plain = self.merged()
-        with _no_transformers_bars():
+        with quiet_transformers():
             plain.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         (directory / "tokens.json").write_text(json.dumps({"backbone": self.name, **self.tokens.to_json()}, indent=2))
@@ -248,28 +248,13 @@ def load_checkpoint(directory: Path, device, dtype: str = "float32") -> Backbone
     meta = json.loads((directory / "tokens.json").read_text())
     name = meta.pop("backbone")
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    with _no_transformers_bars():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=_dtype(dtype))
     tokens = TokenMap(**meta)
     _check_ranges(tokenizer, tokens)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(name, model.to(device), tokenizer, tokens, device)
-
-
-@contextlib.contextmanager
-def _no_transformers_bars():
-    """Hide transformers' "Loading weights" / "Writing model shards" bars while a stage
-    checkpoint is saved or reloaded (several times per job: noise next to the grid's bar)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _dtype(name: str):

@@ -71,6 +71,11 @@ def test_presets_load_and_layering(tmp_path):
     assert plan(smoke, Workspace(tmp_path), models="ease", datasets="synthetic-tiny")[0].config.l2 == 100.0
     with pytest.raises(UnknownNameError, match="unknown preset"):
         cfg.load_preset("smok")
+    # A split entry may name its models: smoke's cold-start split is for three models only.
+    cold = {j.model for j in plan(smoke, Workspace(tmp_path), datasets="synthetic-tiny") if j.split.cold_start}
+    assert cold == {"pagellm", "multivae", "sasrec"}
+    assert not [j for j in plan(smoke, Workspace(tmp_path), models="ease", datasets="synthetic-tiny")
+                if j.split.cold_start]
 
 
 def test_preset_aliases_run_one_model_under_two_settings(tmp_path):
