@@ -181,7 +181,11 @@ def cmd_run(args) -> int:
             print(f"not applicable: {o.job.key}: {o.error}")
     judge_failed = 0
     if preset.judge or judge_overrides:
-        judge_failed = _judge(ws, preset, judge_overrides, sorted({j.dataset for j in jobs}), args.overwrite)
+        from bench.judge import JudgeConfig
+
+        config = cfg.build(JudgeConfig, {**preset.judge, **judge_overrides}, "judge")
+        if any(j.model == config.model for j in jobs):  # the judged model is part of this run
+            judge_failed = _judge(ws, preset, config, sorted({j.dataset for j in jobs}), args.overwrite)
     if not args.no_table:
         paths = write_leaderboard(ws)
         print(f"leaderboard: {paths[0]}")
@@ -190,12 +194,10 @@ def cmd_run(args) -> int:
     return 1 if counts["failed"] or judge_failed else 0
 
 
-def _judge(ws, preset, overrides: dict, datasets: list[str] | None, overwrite: bool) -> int:
+def _judge(ws, preset, config, datasets: list[str] | None, overwrite: bool) -> int:
     """Run the LLM judge over the preset's results; prints a summary, returns the failures."""
-    from bench import config as cfg
-    from bench.judge import JudgeConfig, judge_results
+    from bench.judge import judge_results
 
-    config = cfg.build(JudgeConfig, {**preset.judge, **overrides}, "judge")
     outcomes = judge_results(ws, preset, config, datasets=datasets, overwrite=overwrite)
     for o in outcomes:
         if o.status == "failed":
@@ -212,6 +214,7 @@ def _judge(ws, preset, overrides: dict, datasets: list[str] | None, overwrite: b
 def cmd_judge(args) -> int:
     from bench import config as cfg
     from bench.data.datasets import resolve_datasets
+    from bench.judge import JudgeConfig
 
     ws = _ws(args)
     preset = cfg.load_preset(args.preset)
@@ -220,7 +223,8 @@ def cmd_judge(args) -> int:
     if extra:
         raise BenchError(f"bench judge takes --set judge.KEY=VALUE only, not {sorted(extra)}")
     datasets = resolve_datasets(args.datasets, ws) if args.datasets else None
-    return 1 if _judge(ws, preset, overrides.get("judge", {}), datasets, args.overwrite) else 0
+    config = cfg.build(JudgeConfig, {**preset.judge, **overrides.get("judge", {})}, "judge")
+    return 1 if _judge(ws, preset, config, datasets, args.overwrite) else 0
 
 
 def cmd_score(args) -> int:
