@@ -158,7 +158,8 @@ def test_diversity_rerank_changes_the_order_as_documented():
 
 def test_redundant_items_are_dropped_keeping_the_better_ranked():
     cat = Catalogue.from_items(_meta_items([
-        ("Acme Red Kite", "Acme", "Toys"), ("Acme Blue Kite", "Acme", "Toys"), ("Acme Tea", "Acme", "Food")]))
+        ("Acme Red Kite", "Acme", "Toys"), ("Acme Blue Kite", "Acme", "Toys"), ("Acme Tea", "Acme", "Food")]),
+        redundancy_title_jaccard=0.5)  # the kites' titles share 2 of 4 words
     scores = np.array([4.0, 4.5, 3.0])  # 1 ranks above 0 (same rating, higher mean): 0 is dropped
     assert golden_list([0, 1, 2], [5.0, 5.0, 5.0], scores, cat, 1.0) == ([1, 2], [0])
 
