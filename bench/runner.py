@@ -113,10 +113,12 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
                   **(preset.models_config.get(shared) or {}), **(preset.models_config.get(registry[name]) or {}),
                   **(alias.get("config") or {}), **overrides.get(name, {})}
         configs[name] = cfg.build(cls, values, name)
-    return [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed),
+    jobs = [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed),
                 registry[m] if registry[m] != m else "")
             for d in dataset_names for s, only in zip(splits, split_models) for m in model_names
             if only is None or m in only for seed in seed_list]
+    # `--set split.cold_start=true` can make two split entries equal: one job each.
+    return list({job.key: job for job in jobs}.values())
 
 
 def seed_everything(seed: int) -> None:

@@ -76,6 +76,9 @@ def test_presets_load_and_layering(tmp_path):
     assert cold == {"pagellm", "multivae", "sasrec"}
     assert not [j for j in plan(smoke, Workspace(tmp_path), models="ease", datasets="synthetic-tiny")
                 if j.split.cold_start]
+    all_cold = plan(smoke, Workspace(tmp_path), datasets="synthetic-tiny",
+                    overrides=cfg.parse_overrides(["split.cold_start=true"]))
+    assert len(all_cold) == len({j.key for j in all_cold}) == len(MODELS.names())
 
 
 def test_preset_aliases_run_one_model_under_two_settings(tmp_path):
