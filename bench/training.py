@@ -46,16 +46,12 @@ def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric:
     """The loop every model written here shares: one training epoch, then `metric` on the
     validation split through the one evaluator (`bench.models.validate`), early stopping, and
     the best state restored at the end. Returns (train losses, valid values, the stopper)."""
-    import sys
-
-    from tqdm.auto import tqdm
-
     from bench.models import validate
 
     losses: list[float] = []
     values: list[float] = []
     stopper = EarlyStopping(patience, snapshot)
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not sys.stderr.isatty())
+    bar = epoch_bar(epochs, desc)
     for epoch in bar:
         losses.append(train_epoch())
         value = validate(model, split, metric)  # NaN (no valid users) is never "better"
@@ -66,3 +62,12 @@ def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric:
     if stopper.best_state is not None:
         restore(stopper.best_state)
     return losses, values, stopper
+
+
+def epoch_bar(epochs: int, desc: str):
+    """range(epochs) with a progress bar on an interactive terminal (none in logs, CI or workers)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not sys.stderr.isatty())

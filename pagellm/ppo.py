@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bench.training import epoch_bar
 from pagellm.backbones import Backbone, ListBatch, allowed_mask, decode_items, masked_entropy, masked_log_probs
 from pagellm.sft import EpochLog, MAX_GRAD_NORM
 
@@ -207,7 +208,7 @@ class PPOTrainer:
         from pagellm.backbones import banned_matrix
 
         log = EpochLog()
-        for epoch in range(self.s.epochs):
+        for epoch in epoch_bar(self.s.epochs, "pagellm PPO"):
             t0 = time.perf_counter()
             stats = []
             order = torch.randperm(len(prompts), generator=self.cpu_generator).tolist()

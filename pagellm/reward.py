@@ -36,6 +36,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from bench.training import epoch_bar
 from pagellm.backbones import Backbone, ListBatch
 from pagellm.sft import EpochLog, batches, optimizer, step
 
@@ -124,7 +125,7 @@ def train_reward_model(rm, pairs: Sequence, prompt_ids: Mapping[int, list[int]],
     opt = optimizer(params, lr)
     log = EpochLog()
     pairs = [p for p in pairs if p.user in prompt_ids and p.chosen and p.rejected]
-    for _ in range(epochs):
+    for _ in epoch_bar(epochs, "pagellm reward model"):
         rm.train()
         t0 = time.perf_counter()
         total, correct, n = 0.0, 0.0, 0

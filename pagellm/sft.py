@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bench.training import epoch_bar
 from pagellm.backbones import Backbone, ListBatch, allowed_mask, banned_matrix, masked_log_probs
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def pretrain(backbone: Backbone, texts: Sequence[str], ratings: Sequence[tuple[i
     opt = optimizer(params, lr)
     log = EpochLog()
     backbone.model.train()
-    for _ in range(epochs):
+    for _ in epoch_bar(epochs, "pagellm pre-training"):
         t0 = time.perf_counter()
         text_batches = batches(len(text_ids), batch_size, generator) if text_ids else []
         rating_batches = batches(len(rating_ids), batch_size, generator) if rating_ids else []
@@ -197,7 +198,7 @@ def finetune(backbone: Backbone, examples: Sequence[ListExample], *, epochs: int
     params = backbone.parameters()
     opt = optimizer(params, lr)
     log = EpochLog()
-    for epoch in range(epochs):
+    for epoch in epoch_bar(epochs, "pagellm fine-tuning"):
         backbone.model.train()
         t0 = time.perf_counter()
         total = 0.0
