@@ -78,6 +78,8 @@ class JudgeConfig:
     batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
     max_new_tokens: int = field(default=8, metadata={"help": "tokens generated per answer"})
     title_chars: int = field(default=80, metadata={"help": "titles longer than this are cut"})
+    splits: tuple[str, ...] = field(default=(), metadata={
+        "help": "judge only results on these split names, e.g. random-s0 (empty = every split)"})
     seed: int = field(default=0, metadata={"help": "seed of the user sample"})
     cache_path: str = field(default="", metadata={
         "help": "LLM answer cache (SQLite); '' = <workspace>/work/llm_cache.sqlite, 'off' = no cache"})
@@ -264,6 +266,8 @@ def judge_results(ws: Workspace, preset, config: JudgeConfig, *, datasets: Seque
     for path, r in results:
         if datasets and r["dataset"] not in datasets:
             continue
+        if config.splits and r["split"].get("name") not in config.splits:
+            continue
         key = (r["dataset"], r["split"].get("name"), int(r["seed"]))
         groups.setdefault(key, {})[r["model"]] = (path, r)
     for (dataset, split_name, seed), models in sorted(groups.items()):
@@ -278,7 +282,7 @@ def judge_results(ws: Workspace, preset, config: JudgeConfig, *, datasets: Seque
             base_path, base_result = models[baseline]
             recs, base_recs = path.parent / result["recs"], base_path.parent / base_result["recs"]
             settings = {k: v for k, v in dataclasses.asdict(config).items()
-                        if k not in ("device", "batch_size", "cache_path")}
+                        if k not in ("device", "batch_size", "cache_path", "splits")}
             key = hash_json({"version": JUDGE_VERSION, "config": settings, "split": result["split"].get("hash"),
                              "baseline": baseline, "recs": [_sha(recs), _sha(base_recs)]})
             if out_path.exists() and not overwrite:

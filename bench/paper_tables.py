@@ -535,6 +535,16 @@ def _run_tests(table_key: str, blocks: list[Block], per_user: PerUser) -> pd.Dat
     return out
 
 
+def _shown_cost(name: str) -> bool:
+    """Cost columns of Table 3: overall time and peak memory, each stage's time, and the parameter
+    counts once (PageLLM's stages report them all alike: those of fine-tuning). Per-stage memory
+    and the other counts stay in the result files."""
+    if name.startswith("stages."):
+        stage, _, field = name[len("stages."):].partition(".")
+        return field in ("seconds", "seconds_per_epoch") or (stage == "finetune" and field.startswith("parameters."))
+    return True
+
+
 def _metric_table(table: Table, blocks: list[Block], metrics: list[str], *, label_backbone: bool = False,
                   cost_columns: bool = False) -> None:
     """Fill the sections and the tidy frame of a table of mean ± std cells with paper and Δ rows."""
@@ -543,7 +553,7 @@ def _metric_table(table: Table, blocks: list[Block], metrics: list[str], *, labe
         costs: list[str] = []
         if cost_columns:
             for c in b.frame["costs"]:
-                costs += [k for k in c if k not in costs]
+                costs += [k for k in c if k not in costs and _shown_cost(k)]
         headers = ["model"] + (["backbone"] if label_backbone else []) + ["n"] + metrics + costs
         best = {m: b.best(m)[1] for m in metrics}
         best_cost = {}

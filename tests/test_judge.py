@@ -126,6 +126,7 @@ def test_named_baseline_user_sample_and_missing_baseline(grid):
     [again] = judge_results(ws, preset, JudgeConfig(users=3, baseline="good-base", aspects=("overall",)),
                             llm=PageCounter(good=titles["pagellm"]))
     assert [v["user_id"] for v in json.loads(again.path.read_text())["verdicts"]] == first  # same users
+    assert judge_results(ws, preset, JudgeConfig(splits=("random-s0-cold50",)), llm=PageCounter(answer="A")) == []
     [failed] = judge_results(ws, preset, JudgeConfig(baseline="sasrec"), llm=PageCounter(answer="A"))
     assert failed.status == "failed" and "bench run --models sasrec" in failed.error
 

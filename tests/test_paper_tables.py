@@ -227,6 +227,14 @@ def test_judge_input_formats():
     assert pt.judge_records(None) == [] and pt.judge_records({"wins": "many"}) == []
 
 
+def test_table3_shows_stage_times_and_one_parameter_count():
+    shown = [n for n in ("fit_seconds", "peak_rss_mb", "stages.ppo.seconds", "stages.pretrain.seconds_per_epoch",
+                         "stages.ppo.memory.peak_rss_mb", "stages.ppo.parameters.total",
+                         "stages.finetune.parameters.trainable") if pt._shown_cost(n)]
+    assert shown == ["fit_seconds", "peak_rss_mb", "stages.ppo.seconds", "stages.pretrain.seconds_per_epoch",
+                     "stages.finetune.parameters.trainable"]
+
+
 def test_cost_fields_from_model_info():
     costs = pt._flatten_costs({"stage_seconds": {"ppo": 3.0}, "peak_gpu_mb": 10, "trainable_params": 5,
                                "reward_accuracy": {"page": 0.8}, "judge": {"wins": 1}, "backbone": "gpt2"})
