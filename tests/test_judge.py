@@ -150,3 +150,21 @@ def test_judge_counts_reach_the_figure_and_the_report(grid, monkeypatch, capsys)
     with pytest.raises(SystemExit):
         main(["judge", "--set", "judge.nope=1", "--bogus"])
     assert main(["--root", str(ws.root), "judge", "--set", "pagellm.x=1"]) == 2
+
+
+def test_judge_through_an_openai_endpoint_is_cached(grid, monkeypatch):
+    """The real client path (`make_llm("openai:...")` behind the SQLite cache) against a local
+    endpoint: a second judgement of the same pages asks the endpoint nothing."""
+    from tests.openai_stub import OpenAIStub
+
+    ws, split, titles = grid
+    counter = PageCounter(good=titles["pagellm"])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAIStub(reply=lambda prompt: counter.generate([prompt], max_new_tokens=1)[0]) as server:
+        config = JudgeConfig(users=3, aspects=("overall",), llm="openai:judge-model", base_url=server.url)
+        [first] = judge_results(ws, cfg.Preset(name="smoke"), config, overwrite=True)
+        assert first.status == "judged" and len(server.requests) == 3 * 2
+        assert json.loads(first.path.read_text())["overall"] == {"wins": 3, "ties": 0, "losses": 0}
+        judge_results(ws, cfg.Preset(name="smoke"), config, overwrite=True)
+        assert len(server.requests) == 6  # every answer came from <root>/work/llm_cache.sqlite
+    assert (ws.root / "work" / "llm_cache.sqlite").exists()

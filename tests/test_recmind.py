@@ -10,8 +10,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from baselines.recmind import (RecMind, RecMindConfig, build_prompt, complete_ra
 from bench.errors import BenchError, ConfigError
 from bench.llm import CachedLLM, LLMCache, LLMClient, OpenAIChatLLM, make_llm
 from bench.runner import top_k
+from tests.openai_stub import OpenAIStub
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,51 +254,9 @@ def test_corrupt_cache_file_is_a_clear_error(tmp_path):
 
 # --------------------------------------------------------------------------- openai backend
 
-class _Server:
-    """A canned OpenAI-compatible chat endpoint on 127.0.0.1 (port chosen by the OS)."""
-
-    def __init__(self, statuses=(200,), reply="4, 2, 9"):
-        self.requests: list[dict] = []
-        self.statuses = list(statuses)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                status = server.statuses.pop(0) if len(server.statuses) > 1 else server.statuses[0]
-                if status == 200:
-                    payload = {"id": "x", "object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": f"  {reply}\n"}}]}
-                else:
-                    payload = {"error": {"message": f"status {status}"}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_openai_backend_sends_a_chat_completion_and_reads_the_answer(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    with _Server() as server:
+    with OpenAIStub() as server:
         llm = make_llm("openai:test-model", base_url=server.url + "/")
         assert llm.generate(["rank these", "and these"], max_new_tokens=7, seed=3) == ["4, 2, 9", "4, 2, 9"]
     req = server.requests[0]
@@ -312,7 +269,7 @@ def test_openai_backend_sends_a_chat_completion_and_reads_the_answer(monkeypatch
 
 def test_openai_backend_base_url_from_environment_and_cached(monkeypatch, tmp_path):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with _Server() as server:
+    with OpenAIStub() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         llm = make_llm("openai:m", cache_path=tmp_path / "c.sqlite")
         assert llm.generate(["p"], max_new_tokens=4) == ["4, 2, 9"]
@@ -322,10 +279,10 @@ def test_openai_backend_base_url_from_environment_and_cached(monkeypatch, tmp_pa
 
 
 def test_openai_backend_retries_server_errors_then_fails_clearly():
-    with _Server(statuses=(503, 200)) as server:
+    with OpenAIStub(statuses=(503, 200)) as server:
         llm = OpenAIChatLLM("m", base_url=server.url, api_key="", retries=2, backoff=0)
         assert llm.generate(["p"], max_new_tokens=4) == ["4, 2, 9"] and len(server.requests) == 2
-    with _Server(statuses=(400,)) as server:
+    with OpenAIStub(statuses=(400,)) as server:
         llm = OpenAIChatLLM("m", base_url=server.url, api_key="", retries=2, backoff=0)
         with pytest.raises(BenchError, match="HTTP 400"):
             llm.generate(["p"], max_new_tokens=4)
