@@ -228,12 +228,13 @@ def load_backbone(name: str, n_users: int, n_items: int, device, *, source: str 
     if name not in BACKBONES:
         raise ConfigError(f"unknown PageLLM backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     torch_dtype = _dtype(dtype)
-    if name == "tiny":
-        model, tokenizer = _tiny(n_users, n_items, texts, seed)
-    elif name == "smollm2-135m":
-        model, tokenizer = _smollm2(torch_dtype)
-    else:
-        model, tokenizer = _pretrained(source or DEFAULT_SOURCES[name], name, torch_dtype)
+    with quiet_transformers():
+        if name == "tiny":
+            model, tokenizer = _tiny(n_users, n_items, texts, seed)
+        elif name == "smollm2-135m":
+            model, tokenizer = _smollm2(torch_dtype)
+        else:
+            model, tokenizer = _pretrained(source or DEFAULT_SOURCES[name], name, torch_dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokens = _add_entity_tokens(model, tokenizer, n_users, n_items)
