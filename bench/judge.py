@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -286,8 +287,6 @@ def judge_results(ws: Workspace, preset, config: JudgeConfig, *, datasets: Seque
             key = hash_json({"version": JUDGE_VERSION, "config": settings, "split": result["split"].get("hash"),
                              "baseline": baseline, "recs": [_sha(recs), _sha(base_recs)]})
             if out_path.exists() and not overwrite:
-                import json
-
                 try:
                     if json.loads(out_path.read_text()).get("key") == key:
                         outcomes.append(JudgeOutcome(where, "skipped", out_path))
@@ -321,8 +320,6 @@ def judge_results(ws: Workspace, preset, config: JudgeConfig, *, datasets: Seque
 def read_judgement(result_path: Path) -> dict | None:
     """The judge counts stored beside a result file, in the shape `paper_tables.judge_records`
     reads ({baseline, <aspect>: {wins, ties, losses}}), or None."""
-    import json
-
     path = Path(result_path).with_name(Path(result_path).stem + ".judge.json")
     if not path.exists():
         return None
