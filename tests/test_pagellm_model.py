@@ -25,7 +25,7 @@ from bench.runner import evaluate_split  # noqa: E402
 from pagellm.backbones import (ListBatch, allowed_mask, banned_matrix, decode_items, load_backbone,  # noqa: E402
                                load_checkpoint)
 from pagellm.data import DataConfig, PreferencePair, history_prompt  # noqa: E402
-from pagellm.model import PageLLM, PageLLMConfig, PageLLMSFT, _HistoryLookup, shared_dir  # noqa: E402
+from pagellm.model import PageLLM, PageLLMConfig, PageLLMSFT, _HistoryLookup, run_stage, shared_dir  # noqa: E402
 from pagellm.ppo import PPOSettings, PPOTrainer  # noqa: E402
 from pagellm.reward import RewardModels, new_reward_model, pair_accuracy, train_reward_model  # noqa: E402
 from pagellm.sft import list_nll, optimizer, step  # noqa: E402
@@ -341,3 +341,32 @@ def test_smollm2_backbone_offline_end_to_end():
     items = decode_items(backbone, prompts, banned, 10)
     assert (items >= 0).all() and not banned.gather(1, items).any()
     assert all(len(set(r)) == len(r) for r in items.tolist())
+
+
+def _slow_stage(directory: str, log: str) -> dict:
+    """A stage whose work takes a while and leaves a mark per run (for the concurrency test)."""
+    import time as _time
+    from pathlib import Path as _Path
+
+    def work(tmp):
+        with open(log, "a") as fh:
+            fh.write("ran\n")
+        _time.sleep(1.0)
+        (tmp / "weights.bin").write_bytes(b"x")
+        return {"value": 1}
+
+    return run_stage(_Path(directory), {"stage": "demo"}, work)
+
+
+def test_concurrent_variants_compute_a_shared_stage_once(tmp_path):
+    """Parallel jobs (--jobs, Dask) of two variants reach the same shared stage together: the
+    lock lets one compute it and the other reuse it."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    directory, log = tmp_path / "pretrain-abc", tmp_path / "runs.log"
+    with ProcessPoolExecutor(2) as pool:
+        records = list(pool.map(_slow_stage, [str(directory)] * 2, [str(log)] * 2))
+    assert log.read_text().count("ran") == 1
+    assert sorted(r["cached"] for r in records) == [False, True]
+    assert records[0]["hash"] == records[1]["hash"] and (directory / "weights.bin").exists()
+
