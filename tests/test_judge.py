@@ -168,3 +168,15 @@ def test_judge_through_an_openai_endpoint_is_cached(grid, monkeypatch):
         judge_results(ws, cfg.Preset(name="smoke"), config, overwrite=True)
         assert len(server.requests) == 6  # every answer came from <root>/work/llm_cache.sqlite
     assert (ws.root / "work" / "llm_cache.sqlite").exists()
+
+
+def test_bad_judge_settings_are_one_clear_error(tmp_path, capsys):
+    from bench.cli import main
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="judge.aspects must be among relevance, diversity, overall"):
+        JudgeConfig(aspects=("fun",))
+    with pytest.raises(ConfigError, match="judge.users must be >= 1"):
+        JudgeConfig(users=0)
+    assert main(["--root", str(tmp_path), "judge", "--set", "judge.usres=5"]) == 2
+    assert "Did you mean users" in capsys.readouterr().err
