@@ -958,7 +958,7 @@ def judge_table(frame: pd.DataFrame, out_dir: Path | None) -> Table:
                  Cell(f"{r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]" if r["n"] else ""),
                  Cell(_p_text(r["p_holm"], bool(r["significant"])))] for _, r in sub.iterrows()]
         t.sections.append(Section(f"{dataset} · split {split} · preset {preset}",
-                                  ["model", "baseline", "aspect", "n", "wins", "ties", "losses",
+                                  ["model", "baseline", "aspect", "seeds", "wins", "ties", "losses",
                                    "win rate [95% CI]", "Holm p"], rows))
     if out_dir is not None:
         t.figure = _judge_figure(agg, out_dir / "judge_winrate.png")
