@@ -40,6 +40,14 @@ def items_table() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A fresh workspace shared by the tests of one module (splits are built once per module)."""
+    from bench.paths import Workspace
+
+    return Workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors on a shared 2-core machine: a second OpenMP thread only spins and makes an
     epoch several times slower. Used by the model test modules; restored afterwards."""

@@ -18,7 +18,6 @@ from baselines.popularity import PopModel  # noqa: E402
 from bench import config as cfg  # noqa: E402
 from bench.data.datasets import ensure_split  # noqa: E402
 from bench.data.splits import SplitSpec  # noqa: E402
-from bench.paths import Workspace  # noqa: E402
 from bench.runner import evaluate_split  # noqa: E402
 
 # Settings that learn in seconds on a 2-core CPU: smaller than the papers', larger steps.
@@ -28,11 +27,6 @@ HSTU_FAST = dict(dim=32, head_dim=16, negatives=64, batch_size=32, lr=3e-3, epoc
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("ws"))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import pytest
 from bench.data.datasets import ensure_split
 from bench.data.splits import SplitSpec, load_split, make_split, write_split
 from bench.errors import ConfigError
-from bench.paths import Workspace
 from pagellm import prompts
 from pagellm.data import (FAMILIES, FILES, Catalogue, DataConfig, build, golden_list, history_prompt,
                           history_prompts, label_count, load, mean_category_jaccard, stratified_labels)
@@ -23,13 +22,8 @@ from tests.conftest import make_interactions
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("ws"))
-
-
-@pytest.fixture(scope="module")
-def split(ws):
-    return ensure_split("synthetic", ws, SplitSpec())
+def split(workspace):
+    return ensure_split("synthetic", workspace, SplitSpec())
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +266,8 @@ def test_build_is_deterministic_and_reused(split, data, out_dir, tmp_path):
     assert (tmp_path / "again" / "pairs.jsonl").read_bytes() != (out_dir / "pairs.jsonl").read_bytes()
 
 
-def test_beauty_sample_without_metadata_builds(ws, tmp_path):
-    split = ensure_split("beauty-2018-sample", ws, SplitSpec())
+def test_beauty_sample_without_metadata_builds(workspace, tmp_path):
+    split = ensure_split("beauty-2018-sample", workspace, SplitSpec())
     data = build(split, DataConfig(), tmp_path / "beauty")
     assert set(data.pretrain_kinds) == {"first_order", "sequence"}
     assert data.label_lists and data.rating_examples

@@ -20,7 +20,6 @@ from baselines.popularity import RandomModel  # noqa: E402
 from bench import config as cfg  # noqa: E402
 from bench.data.datasets import ensure_split  # noqa: E402
 from bench.data.splits import SplitSpec  # noqa: E402
-from bench.paths import Workspace  # noqa: E402
 from bench.runner import evaluate_split  # noqa: E402
 from pagellm.backbones import (ListBatch, allowed_mask, banned_matrix, decode_items, load_backbone,  # noqa: E402
                                load_checkpoint)
@@ -39,11 +38,6 @@ FAST = dict(backbone="tiny", device="cpu", max_prompt_tokens=96, data_max_histor
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Workspace:
-    return Workspace(tmp_path_factory.mktemp("ws"))
 
 
 @pytest.fixture(scope="module")
