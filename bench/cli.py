@@ -266,8 +266,8 @@ def cmd_data(args) -> int:
 
         for name in ds.resolve_datasets(args.datasets, ws):
             spec = ds.get_dataset(name, ws)
-            if spec.release not in dl.RELEASES:
-                print(f"{name}: nothing to download ({spec.release})")
+            if spec.embedded or spec.release not in dl.RELEASES:
+                print(f"{name}: nothing to download ({'embedded' if spec.embedded else spec.release})")
                 continue
             base = {"reviews": args.base_url, "meta": args.base_url} if args.base_url else None
             paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base)

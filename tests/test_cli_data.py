@@ -53,6 +53,20 @@ def test_download_offline_fails_at_once_with_the_manual_path(tmp_path, capsys):
     assert code == 2 and "Luxury_Beauty_5.json.gz" in err and "place it at" in err
 
 
+def test_embedded_2014_instruments_splits_offline_from_a_fresh_workspace(tmp_path, capsys):
+    """The complete official 2014 Musical_Instruments 5-core ships in the package: no download."""
+    assert main(["--root", str(tmp_path), "data", "download", "--datasets", "am-instruments-2014"]) == 0
+    assert "nothing to download (embedded)" in capsys.readouterr().out
+    assert not (tmp_path / "data" / "raw").exists()
+    assert main(["--root", str(tmp_path), "data", "split", "--dataset", "am-instruments-2014"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_items"] == 900 and stats["n_items_with_metadata"] == 0
+    assert stats["n_users"] + stats["n_dropped_users"] == 1429
+    assert sum(stats[k] for k in ("n_train", "n_valid", "n_test", "n_negatives")) <= 10_261
+    inter = pd.read_parquet(tmp_path / "data" / "processed" / "am-instruments-2014" / "interactions.parquet")
+    assert len(inter) == 10_261 and inter["review_text"].str.len().gt(0).mean() > 0.99
+
+
 def test_score_cli_writes_the_spec_keys(tmp_path, capsys):
     pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["h", "g"], "rating": [5, 4]}).to_csv(tmp_path / "train.csv", index=False)
     pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "rating": [5, 4]}).to_csv(tmp_path / "test.csv", index=False)

@@ -2,10 +2,16 @@
 
 One line per dataset. The paper's seven Amazon categories default to the 2018 release
 (two of them, Luxury_Beauty and Industrial_and_Scientific, exist only there); the 2014
-release is offered under its own name where the category exists in it. Two datasets ship
-inside the package so that a fresh offline machine has data: ``beauty-2018-sample`` (the
-real 2018 All_Beauty 5-core file, no metadata) and ``synthetic`` (generated in the
-official 2018 format, with metadata).
+release is offered under its own name where the category exists in it. Three datasets ship
+inside the package so that a fresh offline machine has real data: ``beauty-2018-sample``
+(the real 2018 All_Beauty 5-core file, no metadata), ``am-instruments-2014`` (the complete
+official 2014 Musical_Instruments 5-core file ``reviews_Musical_Instruments_5.json.gz``:
+10,261 reviews with text, 1,429 users, 900 items; no metadata, which the 2014 release
+ships as a separate file) and ``synthetic`` (generated in the official 2018 format, with
+metadata).
+
+A spec whose ``files`` is set reads those files from ``bench/data/embedded`` whatever its
+release (the release then only names the reader format), so it never needs a download.
 """
 
 from __future__ import annotations
@@ -37,12 +43,17 @@ class DatasetSpec:
     category: str | None = None
     description: str = ""
     n_reviews: int | None = None  # published 5-core review count, where known
-    files: tuple[str, ...] = ()  # embedded: file names inside bench/data/embedded
+    files: tuple[str, ...] = ()  # file names inside bench/data/embedded (any release): no download
     size: str | None = None  # synthetic: a key of bench.data.synthetic.SIZES
     source: str | None = None  # user datasets: the path given to `bench data prepare`
     format: str | None = None  # reader format; None = the release's own / auto-detect
     min_core: int = 0
     has_metadata: bool = True
+
+    @property
+    def embedded(self) -> bool:
+        """True when the raw files ship inside the package (nothing to download)."""
+        return bool(self.files)
 
     @property
     def reader_format(self) -> str | None:
@@ -70,7 +81,10 @@ _amazon("am-beauty", "amazon2018", "All_Beauty", 5_269, "All Beauty")
 _amazon("am-food", "amazon2018", "Grocery_and_Gourmet_Food", 1_143_860, "Grocery and Gourmet Food")
 _amazon("am-scientific", "amazon2018", "Industrial_and_Scientific", 77_071, "Industrial and Scientific")
 _amazon("am-toys", "amazon2018", "Toys_and_Games", 1_828_971, "Toys and Games")
-_amazon("am-instruments-2014", "amazon2014", "Musical_Instruments", None, "Musical Instruments")
+DATASETS.register("am-instruments-2014", DatasetSpec(
+    "am-instruments-2014", "amazon2014", "Musical_Instruments",
+    "embedded: the complete official Amazon 2014 Musical Instruments 5-core reviews with text (no metadata)",
+    n_reviews=10_261, files=("reviews_Musical_Instruments_5.json.gz",), has_metadata=False))
 _amazon("am-sports-2014", "amazon2014", "Sports_and_Outdoors", None, "Sports and Outdoors")
 _amazon("am-beauty-2014", "amazon2014", "Beauty", None, "Beauty")
 _amazon("am-food-2014", "amazon2014", "Grocery_and_Gourmet_Food", None, "Grocery and Gourmet Food")
@@ -169,7 +183,7 @@ def resolve_datasets(spec: str | list[str] | None, ws: Workspace, default: list[
 
 def raw_files(spec: DatasetSpec, ws: Workspace, *, download: bool = False) -> list[Path]:
     """The raw files of a dataset, generating or downloading them when allowed."""
-    if spec.release == "embedded":
+    if spec.files:  # shipped inside the package, whatever the release
         return [EMBEDDED_DIR / f for f in spec.files]
     if spec.release == "user":
         return [Path(spec.source)]
