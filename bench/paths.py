@@ -5,7 +5,7 @@ variable, the current directory. Under it:
 
     data/raw/<dataset>/                 raw files (downloaded, embedded copies, generated)
     data/processed/<dataset>/           canonical tables: interactions.parquet, items.parquet
-    data/splits/<dataset>/<split>/      THE CONTRACT: train/valid/test/negatives/items CSV + split.json
+    data/splits/<dataset>/<split>/      THE CONTRACT: train/valid/test/negatives/items/reviews CSV + split.json
     data/views/<dataset>/<split>/...    model-specific views (RecBole atomic files, prompts)
     data/datasets.json                  datasets registered with `bench data prepare`
     results/runs/...                    one JSON per (preset, dataset, split, model, seed)

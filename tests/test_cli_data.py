@@ -65,6 +65,9 @@ def test_embedded_2014_instruments_splits_offline_from_a_fresh_workspace(tmp_pat
     assert sum(stats[k] for k in ("n_train", "n_valid", "n_test", "n_negatives")) <= 10_261
     inter = pd.read_parquet(tmp_path / "data" / "processed" / "am-instruments-2014" / "interactions.parquet")
     assert len(inter) == 10_261 and inter["review_text"].str.len().gt(0).mean() > 0.99
+    reviews = pd.read_csv(next((tmp_path / "data" / "splits" / "am-instruments-2014").rglob("reviews.csv")))
+    assert len(reviews) == stats["n_reviews"] and 0.99 * (stats["n_train"] + stats["n_negatives"]) < len(reviews) \
+        <= stats["n_train"] + stats["n_negatives"]
 
 
 def test_score_cli_writes_the_spec_keys(tmp_path, capsys):

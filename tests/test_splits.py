@@ -116,3 +116,58 @@ def test_bad_inputs():
     df = pd.DataFrame({"user": ["a", "a"], "item": ["x", "y"], "rating": [5.0, 5.0], "timestamp": [1, 2]})
     with pytest.raises(DataError, match="at least 3"):
         make_split(df, pd.DataFrame(columns=["item"]), SplitSpec())
+
+
+# --- review text (reviews.csv): train and negatives only, never scored ------------------------------
+
+def _with_text(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Each row gets its own text; every 7th row has none; HTML entities and spacing to clean."""
+    df = interactions.copy()
+    df["review_text"] = [f"text of {u} on {i} &amp;  more" if k % 7 else ""
+                         for k, (u, i) in enumerate(zip(df["user"], df["item"]))]
+    df["summary"] = [f"about {i}" if k % 7 else "" for k, i in enumerate(df["item"])]
+    return df
+
+
+def test_reviews_hold_train_and_negative_text_only(interactions, items_table):
+    df = _with_text(interactions)
+    with_text = {(u, i) for u, i, t in zip(df["user"], df["item"], df["review_text"]) if t}
+    for spec in (SplitSpec("random"), SplitSpec("random", cold_start=True), SplitSpec("loo")):
+        f = make_split(df, items_table, spec)
+        reviews = f["reviews"]
+        assert list(reviews.columns) == ["user_id", "item_id", "summary", "review_text"]
+        got = _pairs(reviews)
+        assert got == (_pairs(f["train"]) | _pairs(f["negatives"])) & with_text
+        assert not got & (_pairs(f["valid"]) | _pairs(f["test"]))  # held-out text would leak answers
+        assert len(got) == len(reviews) and f["stats"]["n_reviews"] == len(reviews) > 0
+        row = reviews.iloc[0]
+        assert row["review_text"] == f"text of {row['user_id']} on {row['item_id']} & more"
+        assert row["summary"] == f"about {row['item_id']}"
+        assert list(f["train"].columns) == ["user_id", "item_id", "rating", "timestamp"]  # text stays out
+
+
+def test_reviews_file_loads_with_indices_and_is_hashed(tmp_path, interactions, items_table):
+    spec = SplitSpec("random", seed=0)
+    f = make_split(_with_text(interactions), items_table, spec)
+    h = write_split(f, tmp_path / "a", spec, "toy")
+    split = load_split(tmp_path / "a")
+    split.ground_truth("test")
+    assert "reviews" not in vars(split)  # never scored: the evaluator's view does not read it
+    reviews = split.reviews
+    assert list(reviews.columns) == ["user", "item", "summary", "review_text"] and len(reviews) == len(f["reviews"])
+    assert reviews["user"].dtype == np.int64 and reviews["item"].dtype == np.int64
+    ids = list(zip(split.user_ids[reviews["user"]], split.item_ids[reviews["item"]]))
+    assert ids == list(zip(f["reviews"]["user_id"], f["reviews"]["item_id"]))
+    assert all(t == f"text of {u} on {i} & more" for (u, i), t in zip(ids, reviews["review_text"]))
+    train = set(zip(split.train["user"], split.train["item"])) | set(zip(split.negatives["user"], split.negatives["item"]))
+    assert set(zip(reviews["user"], reviews["item"])) <= train
+    # without text the split differs only by reviews.csv, which the content hash covers
+    plain = write_split(make_split(interactions, items_table, spec), tmp_path / "b", spec, "toy")
+    assert plain != h and (tmp_path / "b" / "reviews.csv").read_text() == "user_id,item_id,summary,review_text\n"
+    assert load_split(tmp_path / "b").reviews.empty
+    (tmp_path / "a" / "reviews.csv").write_text("user_id,item_id,summary,review_text\n")
+    assert not split_is_current(tmp_path / "a")
+    (tmp_path / "b" / "reviews.csv").unlink()  # a split written before reviews.csv existed still loads
+    old = load_split(tmp_path / "b")
+    assert old.reviews.empty and list(old.reviews.columns) == ["user", "item", "summary", "review_text"]
+    assert not split_is_current(tmp_path / "b")  # ... and ensure_split rebuilds it

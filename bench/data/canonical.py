@@ -6,6 +6,9 @@ interactions: one row per (user, item) event
     rating     float  1-5 stars; NaN when the source has no ratings (implicit feedback:
                       every such row is a positive)
     timestamp  int64  unix seconds (0 when the source has none)
+    review_text, summary   str, optional: only from Amazon reviews files (readers add them
+                      after `make_interactions`); the split keeps the text of train and
+                      negatives rows in reviews.csv (`bench.data.splits`)
 
 items: one row per item with metadata (any column may be empty)
     item         str

@@ -31,7 +31,8 @@ generic
              categories separated by "|"
 
 Reviews files also yield two optional text columns, ``review_text`` and ``summary``, kept
-beside the canonical columns because PageLLM's prompts quote review text.
+beside the canonical columns because PageLLM's prompts quote review text (through the
+processed interactions.parquet into the split's reviews.csv, train and negatives rows only).
 
 Every malformed line stops the read with one `DataError` naming the file, the 1-based line
 number and the fix; nothing is skipped silently.

@@ -20,8 +20,21 @@ Files in ``data/splits/<dataset>/<split_name>/`` (plain CSV with header, origina
                                      users on known items: never scored, available to
                                      preference-pair generation)
     items.csv                        item_id,title,brand,categories,description
+    reviews.csv                      user_id,item_id,summary,review_text   (see below)
     split.json                       spec, counts, dropped users, content hash
-The content hash is the sha256 of those five files (in that order), first 16 hex digits.
+The content hash is the sha256 of those six files (in that order), first 16 hex digits.
+
+reviews.csv holds the review text (``review_text``, ``summary`` from a reviews file, HTML
+entities unescaped, whitespace collapsed) of the TRAIN and NEGATIVES rows only, one row per
+(user, item) that has non-empty text, ordered like those files; it is always written (header
+only when the source has no text: ratings CSVs, generic data). Valid and test rows never
+have their text here: a held-out review names the held-out item and usually its rating, so
+a model reading it in training would be taught the answer it is scored on. Cold-start
+splits hold only the text of the training rows they keep. It is model input (PageLLM's
+pre-training prompts quote it), never scored: the evaluator does not read it. It is part of
+the content hash because models read it, so changing it must change the cache key of every
+result; a split written before this file existed is rebuilt by `ensure_split` (its hash no
+longer verifies) and still loads with `load_split` (no reviews).
 """
 
 from __future__ import annotations
@@ -37,15 +50,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bench.data.canonical import is_positive, ordered_ids, split_categories
+from bench.data.canonical import clean_text, is_positive, ordered_ids, split_categories
 from bench.errors import ConfigError, DataError
 from bench.io import atomic_path, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("random", "loo", "temporal")
-PART_FILES = ("train.csv", "valid.csv", "test.csv", "negatives.csv", "items.csv")
+PART_FILES = ("train.csv", "valid.csv", "test.csv", "negatives.csv", "items.csv", "reviews.csv")
 SPLIT_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+TEXT_COLUMNS = ("summary", "review_text")  # optional text columns of the canonical interactions
+REVIEW_COLUMNS = ["user_id", "item_id", *TEXT_COLUMNS]
 MIN_POSITIVES = 3
 
 
@@ -81,9 +96,13 @@ def make_split(interactions: pd.DataFrame, items: pd.DataFrame, spec: SplitSpec,
     """Split canonical tables into train/valid/test/negatives DataFrames with original ids.
 
     Returns a dict with the four frames (columns user_id,item_id,rating,timestamp), the
-    items frame restricted to items in the positive splits, and the split statistics.
+    items frame restricted to items in the positive splits, the reviews frame (columns
+    user_id,item_id,summary,review_text: text of train and negatives rows only, see the
+    module docstring) and the split statistics.
     """
-    df = interactions[["user", "item", "rating", "timestamp"]].rename(columns={"user": "user_id", "item": "item_id"})
+    text_columns = [c for c in TEXT_COLUMNS if c in interactions.columns]  # carried row-aligned, dropped below
+    df = interactions[["user", "item", "rating", "timestamp", *text_columns]].rename(
+        columns={"user": "user_id", "item": "item_id"})
     positive = is_positive(df["rating"].to_numpy())
     pos = df[positive]
     counts = pos.groupby("user_id").size()
@@ -129,6 +148,9 @@ def make_split(interactions: pd.DataFrame, items: pd.DataFrame, spec: SplitSpec,
     known_items = set(pos["item_id"])
     neg = df[~positive & df["user_id"].isin(kept_users) & df["item_id"].isin(known_items)]
     frames["negatives"] = neg.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    frames["reviews"] = _reviews(frames["train"], frames["negatives"])
+    for name in ("train", "valid", "test", "negatives"):
+        frames[name] = frames[name][SPLIT_COLUMNS]
     item_table = items[items["item"].isin(known_items)].rename(columns={"item": "item_id"})
     frames["items"] = item_table.sort_values("item_id").reset_index(drop=True)
     frames["stats"] = {
@@ -141,8 +163,20 @@ def make_split(interactions: pd.DataFrame, items: pd.DataFrame, spec: SplitSpec,
         "n_dropped_users": n_dropped,
         "n_dropped_cold_start": int((part == -1).sum()),
         "n_items_with_metadata": int(len(item_table)),
+        "n_reviews": int(len(frames["reviews"])),
     }
     return frames
+
+
+def _reviews(train: pd.DataFrame, negatives: pd.DataFrame) -> pd.DataFrame:
+    """The review text of train and negatives rows with any text (never valid/test rows)."""
+    rows = pd.concat([train, negatives], ignore_index=True)
+    out = pd.DataFrame({"user_id": rows["user_id"], "item_id": rows["item_id"], "timestamp": rows["timestamp"]})
+    for col in TEXT_COLUMNS:
+        out[col] = rows[col].map(clean_text) if col in rows.columns else ""
+    out = out[(out["summary"] != "") | (out["review_text"] != "")]
+    out = out.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    return out[REVIEW_COLUMNS]
 
 
 def write_split(frames: dict, directory: Path, spec: SplitSpec, dataset: str, source_hash: str | None = None) -> str:
@@ -154,6 +188,10 @@ def write_split(frames: dict, directory: Path, spec: SplitSpec, dataset: str, so
     with atomic_path(directory / "items.csv") as tmp:
         cols = ["item_id", "title", "brand", "categories", "description"]
         frames["items"].reindex(columns=cols).to_csv(tmp, index=False)
+    with atomic_path(directory / "reviews.csv") as tmp:
+        reviews = frames.get("reviews")
+        reviews = pd.DataFrame(columns=REVIEW_COLUMNS) if reviews is None else reviews
+        reviews.reindex(columns=REVIEW_COLUMNS).to_csv(tmp, index=False)
     digest = content_hash(directory)
     write_json_atomic(directory / "split.json", {
         "dataset": dataset, "name": spec.name, "spec": asdict(spec), "hash": digest,
@@ -178,6 +216,9 @@ class Split:
 
     Indices follow `ordered_ids` over kept users and over items of the positive splits.
     Frames have columns user, item (int indices), rating (float), timestamp (int).
+    `reviews` (read on first use) has columns user, item (int indices), summary,
+    review_text (str): the text of train and negatives rows only; empty when the split has
+    no reviews.csv or the source no text.
     """
 
     dataset: str
@@ -228,6 +269,30 @@ class Split:
         if part == "test":
             return self.matrix(("train", "valid"))
         raise ValueError(f"part must be 'valid' or 'test', not {part!r}")
+
+    @cached_property
+    def reviews(self) -> pd.DataFrame:
+        """Review text of train and negatives rows (never valid/test); see the class docstring."""
+        path = self.directory / "reviews.csv"
+        if not path.exists():  # a split written before reviews.csv existed
+            raw = pd.DataFrame({c: pd.Series(dtype=str) for c in REVIEW_COLUMNS})
+        else:
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+            missing = [c for c in REVIEW_COLUMNS if c not in raw.columns]
+            if missing:
+                raise DataError(f"no {', '.join(missing)} column", path,
+                                fix="delete the split directory and run `bench data split` again")
+        users = pd.Index(self.user_ids).get_indexer(raw["user_id"])
+        items = pd.Index(self.item_ids).get_indexer(raw["item_id"])
+        known = (users >= 0) & (items >= 0)
+        if not known.all():
+            logger.warning("%s: %d review rows name users or items outside the split; ignored",
+                           path, int((~known).sum()))
+        return pd.DataFrame({
+            "user": users[known].astype(np.int64), "item": items[known].astype(np.int64),
+            "summary": raw["summary"].to_numpy()[known].astype(object),
+            "review_text": raw["review_text"].to_numpy()[known].astype(object),
+        })
 
     @cached_property
     def item_mean_rating(self) -> np.ndarray:
