@@ -22,6 +22,11 @@ Pre-training (B.1), field ``kind`` of ``pretrain.jsonl``:
       <u_5> rated <i_7> 4 out of 5. Review: "Nice quality for the price."   (when review text is given)
       <u_5> interacted with <i_7>.                                           (implicit data: no rating)
 
+  Review text (``review_excerpt``) is the user's own review of that item from the split's
+  reviews.csv (train and negatives rows only), cut to ``max_review_words`` words ("..."
+  marks a cut); double quotes inside it become single quotes and anything shaped like a
+  user/item token is removed, so the text never adds a token or ends the quotation early.
+
 - ``second_order`` (2nd-order: items sharing an attribute), 2 or more items::
 
       <i_3> and <i_9> share the brand Glowe.
@@ -31,9 +36,11 @@ Pre-training (B.1), field ``kind`` of ``pretrain.jsonl``:
 
       <u_5> interacted with <i_1> <i_7> <i_3> in this order.
 
-Rating prediction (Section 5.1.2, eq. 2): the rating head reads the last hidden state of::
+Rating prediction (Section 5.1.2, eq. 2: the rating is predicted "based on review text"):
+the rating head reads the last hidden state of::
 
       How would <u_5> rate <i_7>? Rating:
+      How would <u_5> rate <i_7>? Review: "Nice quality for the price." Rating:   (review text given)
 
 Fine-tuning (B.2): the prompt ends right before the page; the target is the item tokens
 separated by single spaces, after one space (``finetune_text``)::
@@ -53,9 +60,10 @@ USER_TOKEN_PATTERN = re.compile(r"<u_(\d+)>")
 ITEM_TOKEN_PATTERN = re.compile(r"<i_(\d+)>")
 
 PAGE_INSTRUCTION = "Recommend a ranked page:"
-RATING_TEMPLATE = "How would {user} rate {item}? Rating:"
+RATING_TEMPLATE = "How would {user} rate {item}?{review} Rating:"
 SEQUENCE_TEMPLATE = "{user} interacted with {items} in this order."
 CATEGORY_SEPARATOR = " > "
+_TOKEN_LIKE = re.compile(r"<[ui]_\d+>")
 
 
 def user_token(u: int) -> str:
@@ -112,6 +120,15 @@ def truncate_words(text: str, max_words: int) -> str:
     return " ".join(words[:max_words]) + "..."
 
 
+def review_excerpt(text: str | None, max_words: int) -> str:
+    """Review text as quoted in a prompt: at most `max_words` words ("..." marks a cut), double
+    quotes made single and user/item-token look-alikes removed; "" when `max_words` is 0 or
+    there is no text."""
+    if max_words <= 0 or not text:
+        return ""
+    return truncate_words(_TOKEN_LIKE.sub(" ", str(text)).replace('"', "'"), max_words)
+
+
 # --- B.1 pre-training -------------------------------------------------------------------------
 
 def item_content_text(item: int, title: str = "", brand: str = "", categories: Sequence[str] = (),
@@ -159,11 +176,10 @@ def sequence_text(user: int, items: Sequence[int]) -> str:
 # --- rating head ------------------------------------------------------------------------------
 
 def rating_prompt(user: int, item: int, review: str | None = None) -> str:
-    """The rating-prediction prompt; the rating head reads the hidden state of its last token."""
-    text = RATING_TEMPLATE.format(user=user_token(user), item=item_token(item))
-    if review:
-        text = f'{user_token(user)} wrote about {item_token(item)}: "{review}" ' + text
-    return text
+    """The rating-prediction prompt (with the user's review of the item when given); the
+    rating head reads the hidden state of its last token."""
+    return RATING_TEMPLATE.format(user=user_token(user), item=item_token(item),
+                                  review=f' Review: "{review}"' if review else "")
 
 
 # --- B.2 fine-tuning --------------------------------------------------------------------------
