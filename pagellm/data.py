@@ -2,10 +2,13 @@
 pre-training prompts and rating examples, built from a split's TRAIN part only.
 
 Inputs. Only ``split.train`` (positives, rating > 3, or every row of implicit data),
-``split.negatives`` (the same users' ratings <= 3) and item metadata (``split.items``) are
-used. Valid/test are never used as data; the one exception is a mask (``mask_heldout_items``,
-on by default): an item drawn at random for a rejected list (below) is never one of that
-user's own valid/test items, so that no held-out answer is ever taught as "bad".
+``split.negatives`` (the same users' ratings <= 3), item metadata (``split.items``) and the
+review text of train and negatives rows (``split.reviews``, from the split's reviews.csv) are
+used. The ``split.valid`` / ``split.test`` frames are never read, not even as a mask: every
+file here is the same whatever they hold (a test pins it), so no training stage sees a
+held-out interaction (the item universe, indices and catalogue metadata are the split's).
+An item drawn at random for a rejected list may therefore be one of the user's own held-out
+items, as it may be any unseen item: held-out answers are unknown at training time.
 Item indices, user indices and the item mean rating ``s_i`` (``split.item_mean_rating``,
 the mean TRAIN rating of item i, 0 when it has none) are the split's.
 
@@ -47,7 +50,7 @@ Preference pairs (A.3). For every user with a label list, ``chosen`` = ``label_l
 indices and differs in at least one position; ``rejected_labels[p]`` = 1 where
 ``rejected[p] == chosen[p]``, 0 where it differs (``chosen_labels`` are all 1). Items
 "drawn at random" come from items with at least one TRAIN interaction that the user has no
-train or negative interaction with (and, with the mask, not one of its valid/test items).
+train or negative interaction with.
 Up to ``pairs_per_user`` distinct pairs per family and user. ``k(x) = max(1, floor(x + 0.5))``.
 
 - ``preference`` (A.3.1): k(replace_fraction * L) random positions get items the user rated
@@ -66,25 +69,38 @@ Up to ``pairs_per_user`` distinct pairs per family and user. ``k(x) = max(1, flo
 - ``redundancy`` (A.3.4): a near-duplicate of the item at a random position p replaces the
   item at position q = p + 1 (p - 1 when p is last): a redundant item by the definition above
   (source ``near-duplicate``); else an item of the same brand and category set (source
-  ``same-brand-category``); else, when ``redundancy_allow_repeat``, chosen[p] itself
-  (source ``repeat``: the page shows one item twice). Replacements are drawn at random among
-  the candidates. Needs L >= 2.
+  ``same-brand-category``); else, only when ``redundancy_allow_repeat`` (off by default),
+  chosen[p] itself (source ``repeat``: the page shows one item twice); else no pair.
+  Replacements are drawn at random among the candidates. Needs L >= 2. Repeats are off by
+  default because PageLLM's decoding never lists an item twice: a "repeat" pair describes a
+  page the policy can never produce, and the reward model should not spend capacity on it.
+  So data without metadata (nothing redundant) has no redundancy pairs by default.
 
 Held-out users: of the E users with a label list, ``min(E - 1, max(1, k'))`` with
 ``k' = floor(heldout_fraction * E + 0.5)`` (none when heldout_fraction = 0 or E < 2), drawn
 at random, give all their pairs to ``pairs_heldout`` (reward-model accuracy); the others'
 pairs go to ``pairs_train``. Held-out users keep their SFT examples.
 
+Review text. The review of (u, i) quoted in prompts is the row's ``review_text`` in
+``split.reviews`` (its ``summary`` when the text is empty), through
+`pagellm.prompts.review_excerpt`: cut to ``max_review_words`` words (default 60; 0 = no
+review text anywhere) so that prompts stay within the backbone's token budget (the backbone
+also cuts every text to ``max_prompt_tokens``). Only train and negatives rows have review
+text (reviews.csv never holds valid/test text), so no held-out review is ever quoted.
+
 Pre-training prompts (B.1, texts in `pagellm.prompts`): one ``item`` prompt per item of the
 split that has metadata (items seen only in valid/test included: metadata is catalogue
-information, not an interaction; the same holds for 2nd-order prompts); one ``first_order`` prompt per train and
-negative interaction; ``second_order`` prompts grouping the items of each brand and of each
+information, not an interaction; the same holds for 2nd-order prompts); one ``first_order``
+prompt per train and negative interaction, quoting the user's review of the item when it has
+one (``... 4 out of 5. Review: "..."``); ``second_order`` prompts grouping the items of each brand and of each
 identical category list into chunks of ``second_order_group_size`` (seeded shuffle, a last
 chunk of one joins the previous); one ``sequence`` prompt per user with >= 2 train positives
 (the last ``max_history``, chronological).
 
 Rating examples: one per train and negative interaction with a rating (1-5), prompt
-`pagellm.prompts.rating_prompt`. Implicit data (NaN ratings) has none (noted in the manifest).
+`pagellm.prompts.rating_prompt` with the user's review of the item when it has one (eq. 2
+predicts the rating "based on review text"). Implicit data (NaN ratings) has none (noted in
+the manifest).
 
 Files in ``out_dir`` (default ``split.view_dir("pagellm") / f"data-{config.hash}"``):
 ``golden.jsonl``, ``sft.jsonl``, ``pairs.jsonl`` (field ``split``: train | heldout),
@@ -94,8 +110,8 @@ golden {user, golden, removed}; sft {user, input, labels, prompt}; pairs {split,
 source, chosen, rejected, chosen_labels, rejected_labels}; pretrain {kind, text}; rating
 {user, item, rating, prompt, source: train | negatives}. Inference prompts for valid/test
 come from `history_prompts` (the same template over train, or train + valid, positives).
-`build` reuses the files when the manifest matches the split hash, the config and the files
-on disk.
+`build` reuses the files when the manifest matches the data version, the split hash (which
+covers reviews.csv), the config and the files on disk.
 """
 
 from __future__ import annotations
@@ -120,7 +136,7 @@ from pagellm import prompts
 
 logger = logging.getLogger(__name__)
 
-DATA_VERSION = 1  # bump when the construction changes: existing files are rebuilt
+DATA_VERSION = 2  # bump when the construction changes: existing files are rebuilt
 FAMILIES = ("preference", "ranked", "diversity", "redundancy")
 FILES = ("golden.jsonl", "sft.jsonl", "pairs.jsonl", "pretrain.jsonl", "rating.jsonl")
 PRETRAIN_KINDS = ("item", "first_order", "second_order", "sequence")
@@ -152,14 +168,15 @@ class DataConfig:
     replace_fraction: float = field(default=0.5, metadata={
         "help": "share of positions replaced in preference (of L) and diversity (of L-1) pairs"})
     ranked_swaps: int = field(default=1, metadata={"help": "disjoint position swaps per ranked pair"})
-    redundancy_allow_repeat: bool = field(default=True, metadata={
-        "help": "redundancy pairs may repeat a chosen item when no near-duplicate exists"})
+    redundancy_allow_repeat: bool = field(default=False, metadata={
+        "help": "redundancy pairs may repeat a chosen item when no near-duplicate exists (off: "
+                "PageLLM's decoding never repeats an item, so such a page never occurs)"})
     heldout_fraction: float = field(default=0.1, metadata={
         "help": "share of users whose pairs are held out for reward-model accuracy"})
-    mask_heldout_items: bool = field(default=True, metadata={
-        "help": "items drawn for rejected lists are never the user's own valid/test items"})
     second_order_group_size: int = field(default=5, metadata={"help": "items per 2nd-order prompt (at most)"})
     max_description_words: int = field(default=30, metadata={"help": "description words kept in item prompts"})
+    max_review_words: int = field(default=60, metadata={
+        "help": "review words quoted in first-order and rating prompts (train/negatives reviews only; 0 = none)"})
     seed: int = field(default=0, metadata={"help": "seed of every random draw here"})
 
     def __post_init__(self) -> None:
@@ -175,6 +192,7 @@ class DataConfig:
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
             (self.second_order_group_size >= 2, "second_order_group_size must be >= 2"),
             (self.max_description_words >= 0, "max_description_words must be >= 0"),
+            (self.max_review_words >= 0, "max_review_words must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -402,7 +420,7 @@ class _UserContext:
     chosen: list[int]
     rating_of: dict[int, float]
     low_rated: np.ndarray  # items the user rated < 3, chronological
-    excluded: set          # never drawn for this user: its train, negatives (and held-out) items
+    excluded: set          # never drawn for this user: its train and negatives items
     scores: np.ndarray
     catalogue: Catalogue
     train_items: np.ndarray  # items with >= 1 train interaction, ascending
@@ -568,8 +586,10 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
 
 
 def pretrain_prompts(catalogue: Catalogue, train_by_user: list, interactions: pd.DataFrame,
-                     config: DataConfig) -> list[tuple[str, str]]:
-    """(kind, text) pairs of the four B.1 kinds. `interactions`: train + negatives rows."""
+                     config: DataConfig, reviews: dict[tuple[int, int], str] | None = None) -> list[tuple[str, str]]:
+    """(kind, text) pairs of the four B.1 kinds. `interactions`: train + negatives rows;
+    `reviews`: (user, item) -> review excerpt (`review_texts`)."""
+    reviews = reviews or {}
     out: list[tuple[str, str]] = []
     for i in range(len(catalogue)):
         text = prompts.item_content_text(i, catalogue.titles[i], catalogue.brands[i], catalogue.categories[i],
@@ -578,7 +598,8 @@ def pretrain_prompts(catalogue: Catalogue, train_by_user: list, interactions: pd
             out.append(("item", text))
     rows = interactions.sort_values(["user", "timestamp", "item"], kind="stable")
     for u, i, r in zip(rows["user"].to_numpy(), rows["item"].to_numpy(), rows["rating"].to_numpy(dtype="float64")):
-        out.append(("first_order", prompts.first_order_text(int(u), int(i), None if math.isnan(r) else float(r))))
+        out.append(("first_order", prompts.first_order_text(int(u), int(i), None if math.isnan(r) else float(r),
+                                                            reviews.get((int(u), int(i))))))
     rng = _rng(config.seed, "second")
     brand_groups: dict[str, list[int]] = {}
     brand_names: dict[str, str] = {}
@@ -606,6 +627,21 @@ def pretrain_prompts(catalogue: Catalogue, train_by_user: list, interactions: pd
 
 
 # --- build / load ---------------------------------------------------------------------------------
+
+def review_texts(split, config: DataConfig) -> dict[tuple[int, int], str]:
+    """(user, item) -> the review excerpt quoted in prompts: ``review_text`` (else ``summary``)
+    of the split's reviews (train and negatives rows only), cut to ``max_review_words``."""
+    reviews = getattr(split, "reviews", None)
+    if config.max_review_words == 0 or reviews is None or len(reviews) == 0:
+        return {}
+    out = {}
+    for u, i, summary, text in zip(reviews["user"].to_numpy(), reviews["item"].to_numpy(),
+                                   reviews["summary"].to_numpy(), reviews["review_text"].to_numpy()):
+        excerpt = prompts.review_excerpt(text or summary, config.max_review_words)
+        if excerpt:
+            out[(int(u), int(i))] = excerpt
+    return out
+
 
 def _by_user(frame: pd.DataFrame, n_users: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per user: (items, ratings), chronological (timestamp, then item index)."""
@@ -659,11 +695,8 @@ def _construct(split, config: DataConfig) -> tuple[dict[str, list[dict]], dict, 
     train_by_user = _by_user(train, n_users)
     neg_by_user = _by_user(split.negatives, n_users)
     implicit = bool(len(train)) and bool(np.isnan(train["rating"].to_numpy(dtype="float64")).all())
-    held_by_user: list[set] = [set() for _ in range(n_users)]
-    if config.mask_heldout_items:  # a mask only: held-out items are never drawn as rejected items
-        for part in (split.valid, split.test):
-            for u, i in zip(part["user"].to_numpy(), part["item"].to_numpy()):
-                held_by_user[int(u)].add(int(i))
+    # Train and negatives rows only (reviews.csv never holds valid/test text); see the docstring.
+    reviews = review_texts(split, config)
     train_items = np.unique(train["item"].to_numpy(dtype=np.int64))
     is_train_item = np.zeros(split.n_items, dtype=bool)
     is_train_item[train_items] = True
@@ -709,7 +742,7 @@ def _construct(split, config: DataConfig) -> tuple[dict[str, list[dict]], dict, 
         ctx = _UserContext(
             user=u, chosen=labels[u], rating_of=rating_maps[u],
             low_rated=np.asarray([int(i) for i, r in zip(neg_items, neg_ratings) if r < 3], dtype=np.int64),
-            excluded=set(int(i) for i in train_by_user[u][0]) | set(int(i) for i in neg_items) | held_by_user[u],
+            excluded=set(int(i) for i in train_by_user[u][0]) | set(int(i) for i in neg_items),
             scores=scores, catalogue=catalogue, train_items=train_items, is_train_item=is_train_item)
         for kind in FAMILIES:
             for pair in make_pairs(ctx, kind, config):
@@ -718,7 +751,7 @@ def _construct(split, config: DataConfig) -> tuple[dict[str, list[dict]], dict, 
                                   "rejected": pair.rejected, "chosen_labels": pair.chosen_labels,
                                   "rejected_labels": pair.rejected_labels})
 
-    pre = pretrain_prompts(catalogue, train_by_user, pd.concat([train, split.negatives]), config)
+    pre = pretrain_prompts(catalogue, train_by_user, pd.concat([train, split.negatives]), config, reviews)
     pretrain_rows = [{"kind": kind, "text": text} for kind, text in pre]
 
     rating_rows = []
@@ -727,7 +760,8 @@ def _construct(split, config: DataConfig) -> tuple[dict[str, list[dict]], dict, 
         for u, i, r in zip(f["user"].to_numpy(), f["item"].to_numpy(), f["rating"].to_numpy(dtype="float64")):
             if not math.isnan(r):
                 rating_rows.append({"user": int(u), "item": int(i), "rating": float(r),
-                                    "prompt": prompts.rating_prompt(int(u), int(i)), "source": source})
+                                    "prompt": prompts.rating_prompt(int(u), int(i), reviews.get((int(u), int(i)))),
+                                    "source": source})
 
     notes = []
     if implicit:
@@ -735,11 +769,13 @@ def _construct(split, config: DataConfig) -> tuple[dict[str, list[dict]], dict, 
                      "'interacted with'; ranked pairs need rating or mean-rating differences")
     if not catalogue.has_metadata:
         notes.append("no item metadata: no item or 2nd-order prompts; nothing is redundant; "
-                     "redundancy pairs repeat an item")
+                     + ("redundancy pairs repeat an item" if config.redundancy_allow_repeat
+                        else "no redundancy pairs"))
     if not catalogue.has_categories:
         notes.append("no item categories: no diversity re-rank effect and no diversity pairs")
-    if config.mask_heldout_items:
-        notes.append("valid/test are read only to mask each user's held-out items out of random draws")
+    if not reviews:
+        notes.append("no review text in prompts" + (" (max_review_words = 0)" if config.max_review_words == 0
+                                                     else " (the split has no train/negatives review text)"))
 
     def count_by(rows, key):
         out: dict[str, int] = {}
@@ -763,6 +799,7 @@ def _construct(split, config: DataConfig) -> tuple[dict[str, list[dict]], dict, 
         "pair_sources": count_by([{"k": f"{r['kind']}:{r['source']}"} for r in pair_rows], "k"),
         "pretrain": count_by(pretrain_rows, "kind"),
         "n_rating_examples": len(rating_rows),
+        "n_reviews_quoted": len(reviews),  # (user, item) pairs whose review excerpt the prompts quote
     }
     records = {"golden.jsonl": golden_rows, "sft.jsonl": sft_rows, "pairs.jsonl": pair_rows,
                "pretrain.jsonl": pretrain_rows, "rating.jsonl": rating_rows}

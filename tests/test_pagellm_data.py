@@ -1,8 +1,10 @@
-"""PageLLM data (pagellm/data.py, pagellm/prompts.py): train-only, golden order, redundancy and
-diversity rules, the four pair families, held-out users, determinism, reuse, edge datasets."""
+"""PageLLM data (pagellm/data.py, pagellm/prompts.py): train-only (valid/test never read), golden
+order, redundancy and diversity rules, the four pair families, held-out users, review text,
+determinism, reuse, edge datasets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -16,7 +18,8 @@ from bench.data.splits import SplitSpec, load_split, make_split, write_split
 from bench.errors import ConfigError
 from pagellm import prompts
 from pagellm.data import (FAMILIES, FILES, Catalogue, DataConfig, build, golden_list, history_prompt,
-                          history_prompts, label_count, load, mean_category_jaccard, stratified_labels)
+                          history_prompts, label_count, load, mean_category_jaccard, review_texts,
+                          stratified_labels)
 from pagellm.prompts import ITEM_TOKEN_PATTERN, USER_TOKEN_PATTERN
 from tests.conftest import make_interactions
 
@@ -69,8 +72,8 @@ def test_no_valid_or_test_item_appears_anywhere(split, data):
             assert set(items) <= train[u]
     for u, prompt in data.finetune_prompts.items():
         assert set(prompts.parse_items(prompt)) <= train[u]
-    for p in _all_pairs(data):
-        assert not (set(p.chosen) | set(p.rejected)) & held.get(p.user, set())
+    for p in _all_pairs(data):  # rejected items are drawn blind to valid/test (see the next test)
+        assert set(p.chosen) <= train[p.user]
     for u, i, _r, prompt in data.rating_examples:
         assert i not in held.get(u, set())
         assert prompts.parse_items(prompt) == [i] and prompts.parse_users(prompt) == [u]
@@ -84,6 +87,29 @@ def test_no_valid_or_test_item_appears_anywhere(split, data):
             assert len(set(users)) == 1
             assert not items & held.get(users[0], set())
     assert n_user_texts > 0
+
+
+def test_valid_and_test_are_never_read(split, data, out_dir, tmp_path):
+    """Every file is the same whatever valid/test hold: here they are replaced by the very items
+    drawn into rejected lists (a held-out mask would have changed those draws)."""
+    drawn = [(p.user, i) for p in _all_pairs(data) for i, lab in zip(p.rejected, p.rejected_labels)
+             if lab == 0 and p.source in ("sampled", "same-category", "near-duplicate", "same-brand-category")]
+    assert drawn
+    fake = pd.DataFrame({"user": [u for u, _ in drawn], "item": [i for _, i in drawn], "rating": 5.0,
+                         "timestamp": 0})
+    other = dataclasses.replace(split, valid=fake, test=fake.iloc[::-1].reset_index(drop=True))
+    build(other, DataConfig(), tmp_path / "other")
+    for name in FILES:
+        assert (out_dir / name).read_bytes() == (tmp_path / "other" / name).read_bytes(), name
+
+    class NoHeldOut:  # any read of valid/test fails
+        def __getattr__(self, name):
+            if name in ("valid", "test"):
+                raise AssertionError(f"pagellm.data read split.{name}")
+            return getattr(split, name)
+
+    build(NoHeldOut(), DataConfig(), tmp_path / "blind")
+    assert (out_dir / "pairs.jsonl").read_bytes() == (tmp_path / "blind" / "pairs.jsonl").read_bytes()
 
 
 # --- golden lists ----------------------------------------------------------------------------------
@@ -271,11 +297,20 @@ def test_beauty_sample_without_metadata_builds(workspace, tmp_path):
     data = build(split, DataConfig(), tmp_path / "beauty")
     assert set(data.pretrain_kinds) == {"first_order", "sequence"}
     assert data.label_lists and data.rating_examples
-    assert {p.kind for p in data.pairs_train} >= {"preference", "ranked", "redundancy"}
-    assert all(p.source == "repeat" for p in _all_pairs(data) if p.kind == "redundancy")
-    assert any("no item metadata" in note for note in data.manifest["notes"])
-    for text in data.pretrain_texts + list(data.finetune_prompts.values()):
+    assert {p.kind for p in data.pairs_train} >= {"preference", "ranked"}
+    # nothing is redundant without metadata, and repeats are off by default: no redundancy pairs
+    assert not any(p.kind == "redundancy" for p in _all_pairs(data))
+    assert any("no item metadata" in note and "no redundancy pairs" in note for note in data.manifest["notes"])
+    repeats = build(split, DataConfig(redundancy_allow_repeat=True), tmp_path / "repeat")
+    redundancy = [p for p in _all_pairs(repeats) if p.kind == "redundancy"]
+    assert redundancy and all(p.source == "repeat" for p in redundancy)
+    first_order = [t for t, k in zip(data.pretrain_texts, data.pretrain_kinds) if k == "first_order"]
+    assert sum('Review: "' in t for t in first_order) > 0.9 * len(first_order)  # the real file has text
+    for text, kind in zip(data.pretrain_texts, data.pretrain_kinds):
+        text = text.split(' Review: "')[0] if kind == "first_order" else text
         assert '"' not in text and ">," not in text  # ids only: no titles, no empty fields
+    for text in data.finetune_prompts.values():
+        assert '"' not in text and ">," not in text
 
 
 def test_implicit_feedback_builds_without_rating_examples(tmp_path, items_table):
@@ -313,6 +348,9 @@ def test_prompt_templates_render_the_documented_text():
         "<i_1>, <i_3> and <i_9> share the category Beauty > Fragrance."
     assert prompts.sequence_text(5, [1, 7, 3]) == "<u_5> interacted with <i_1> <i_7> <i_3> in this order."
     assert prompts.rating_prompt(5, 7) == "How would <u_5> rate <i_7>? Rating:"
+    assert prompts.rating_prompt(5, 7, "Nice.") == 'How would <u_5> rate <i_7>? Review: "Nice." Rating:'
+    assert prompts.review_excerpt('one "two" <i_3> three  four', 3) == "one 'two' three..."
+    assert prompts.review_excerpt("one two", 0) == "" and prompts.review_excerpt("", 5) == ""
     prompt = prompts.finetune_prompt(5, [1, 7], [5.0, 4.0])
     assert prompt == "<u_5> has rated <i_1> 5, <i_7> 4. Recommend a ranked page:"
     assert prompts.finetune_prompt(5, [1, 7]) == "<u_5> has interacted with <i_1> <i_7>. Recommend a ranked page:"
@@ -338,5 +376,52 @@ def test_config_is_validated():
     with pytest.raises(ConfigError):
         DataConfig(label_fraction=1.0)
     with pytest.raises(ConfigError):
+        DataConfig(max_review_words=-1)
+    with pytest.raises(ConfigError):
         DataConfig.from_dict({"no_such_setting": 1})
+    with pytest.raises(ConfigError):  # removed: no stage reads valid/test, not even as a mask
+        DataConfig.from_dict({"mask_heldout_items": True})
+    assert not DataConfig().redundancy_allow_repeat and DataConfig().max_review_words == 60
     assert DataConfig().hash == DataConfig().hash != DataConfig(seed=1).hash
+
+
+# --- review text ------------------------------------------------------------------------------------
+
+def _review_split(tmp_path, items_table):
+    """A split whose every row has its own long review text ("w0 ... w99" + a marker per row)."""
+    df = make_interactions(seed=5)
+    df["review_text"] = [f"R-{u}-{i} " + " ".join(f"w{k}" for k in range(100)) for u, i in zip(df["user"], df["item"])]
+    df["summary"] = "headline"
+    spec = SplitSpec("random")
+    write_split(make_split(df, items_table, spec), tmp_path / "split", spec, "review-toy")
+    return load_split(tmp_path / "split")
+
+
+def test_prompts_quote_train_and_negative_reviews_cut_to_the_word_budget(tmp_path, items_table):
+    split = _review_split(tmp_path, items_table)
+    assert len(split.reviews) == len(split.train) + len(split.negatives)
+    data = build(split, DataConfig(max_review_words=5), tmp_path / "five")
+
+    def excerpt(u, i):  # the marker plus 4 words, then "..."
+        return f'Review: "R-{split.user_ids[u]}-{split.item_ids[i]} w0 w1 w2 w3..."'
+
+    rated = pd.concat([split.train, split.negatives])
+    first_order = [t for t, k in zip(data.pretrain_texts, data.pretrain_kinds) if k == "first_order"]
+    assert len(first_order) == len(rated)
+    for text in first_order:
+        (u,), (i,) = prompts.parse_users(text), prompts.parse_items(text)
+        assert text.endswith(excerpt(u, i)) and "w4" not in text
+    assert len(data.rating_examples) == len(rated)
+    for u, i, _r, prompt in data.rating_examples:
+        assert prompt == f"How would <u_{u}> rate <i_{i}>? {excerpt(u, i)} Rating:"
+    held = pd.concat([split.valid, split.test])
+    markers = {f"R-{split.user_ids[u]}-{split.item_ids[i]} " for u, i in zip(held["user"], held["item"])}
+    every = data.pretrain_texts + [r[3] for r in data.rating_examples] + list(data.finetune_prompts.values())
+    assert not any(m in text for text in every for m in markers)  # held-out reviews are never quoted
+    assert data.manifest["counts"]["n_reviews_quoted"] == len(rated)
+
+    default = review_texts(split, DataConfig())
+    assert all(len(t.split()) == 60 and t.endswith("...") for t in default.values())
+    off = build(split, DataConfig(max_review_words=0), tmp_path / "off")
+    assert not any("Review:" in t for t in off.pretrain_texts + [r[3] for r in off.rating_examples])
+    assert any("no review text" in note for note in off.manifest["notes"])
