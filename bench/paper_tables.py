@@ -4,8 +4,11 @@
       -> load_runs(): one row per result file
       -> build_tables(): Table 1, 2, 3, 5, the cold-start comparison, the judge win rates,
          each with mean ± std over seeds, the best value per column, the paper's number and
-         the difference, and paired significance tests over per-user metrics
-      -> write_tables(): results/tables/<key>.md / .csv / .tex / .pvalues.csv (+ PNG figures)
+         the difference, and paired significance tests over per-user metrics; the reward models'
+         held-out pair accuracy (`model_info.reward_accuracy`, also under Table 1) and the PPO
+         summary (`model_info.ppo_curve`)
+      -> write_tables(): results/tables/<key>.md / .csv / .tex / .pvalues.csv (+ PNG figures, and
+         one PNG per PPO run under results/tables/ppo/<preset>/<dataset>/<split>/<model>-seed<k>.png)
       -> write_report(): results/REPORT.md, claim by claim
 
 Decisions (also printed under every table and in the report):
@@ -25,6 +28,8 @@ Decisions (also printed under every table and in the report):
 - Cold-start claim: PageLLM's relative change against another model's, by a paired bootstrap over
   the users every run of the full / cold pair scored (1,000 resamples, seed 0, one resampling per
   pair), Holm-corrected across the comparisons.
+- Reward models: a held-out pair accuracy below NEAR_CHANCE (0.6) is marked ⚠ (near chance). The
+  PPO summary compares the last epoch's greedy top-20 lists with the fine-tuned policy's (epoch 0).
 - Best baseline for the report's claim 1: the same rule as Table 2's reference. The paper's own best
   baseline (printed beside it) uses PAPER_CORRECTIONS.
 """
@@ -89,6 +94,15 @@ TABLE2_METRICS = ["recall@20", "recall_mvae@20", "recall@40", "recall_mvae@40", 
 COLD_METRICS = TABLE2_METRICS
 CLAIM_METRICS = ("recall@20", "recall@40", "ndcg@100")  # what the report's yes/no answers rest on
 
+# model_info.reward_accuracy: {kind: {family: accuracy, "n": pairs}}; kinds and families in display order
+REWARD_KINDS = ("page", "item", "mixed")
+PAIR_FAMILIES = ("all", "preference", "ranked", "diversity", "on-policy-greedy", "on-policy-sampled")
+NEAR_CHANCE = 0.6  # a held-out pair accuracy below this is flagged ⚠
+# model_info.ppo_curve: one row per PPO epoch (row 0 = the fine-tuned policy, before any update)
+PPO_CURVE_FIELDS = ("reward_greedy_sft", "reward_greedy", "jaccard20_sft", "score", "approx_kl", "clipfrac",
+                    "entropy", "vf_loss", "kl", "kl_coef")
+PPO_DIR = "ppo"  # results/tables/ppo/<preset>/<dataset>/<split>/<model>-seed<k>.png
+
 PRESET_OF = {"table1_reward": "reward", "table2_baselines": "paper", "table3_backbones": "backbones",
              "table5_ablation": "ablation", "cold_start": "cold-start", "judge_winrate": "judge"}
 
@@ -104,6 +118,13 @@ SIGNIFICANCE_NOTE = (
     "Significance: two-sided Wilcoxon signed-rank test over the per-user metric of the users both runs scored "
     "(each user's value averaged over the seeds with a per-user file), Holm-corrected across all comparisons "
     "of this table; † = corrected p < 0.05. p-values: `{key}.pvalues.csv`.")
+NEAR_CHANCE_NOTE = (
+    f"⚠ = held-out pair accuracy below {NEAR_CHANCE}: the reward model is near chance (0.5 = a coin flip), so "
+    "PPO on its reward optimises little more than noise.")
+REWARD_ACCURACY_NOTE = (
+    "Reward models: held-out Bradley-Terry pair accuracy (share of held-out preference pairs the reward model "
+    "orders correctly; `model_info.reward_accuracy.<kind>.all`), mean ± std over seeds; pairs = held-out pairs "
+    "(mean over seeds). Per pair family and variant, with what PPO did to the lists: `reward_models.md`.")
 CELL_NOTE = ("Cells: mean ± std over seeds (n = seeds; a cell without ± rests on one seed, e.g. a metric an older "
              "result file lacks); best per column in bold; rows `↳ paper` = the paper's reported number, `↳ Δ` = "
              "ours − paper.")
@@ -190,14 +211,64 @@ def _flatten_costs(obj: object, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def reward_accuracy_of(value: object, where: Path | str = "?") -> dict[str, dict[str, float]]:
+    """`model_info.reward_accuracy` -> {kind: {family: accuracy, "n": pairs}}; {} when absent.
+
+    Expected input (pagellm/model.py): ``{"page": {"all": 0.81, "n": 420, "preference": 0.9, ...},
+    "item": {...}, "mixed": {...}}``, only the kinds the variant used, or null (pagellm-sft). Older
+    results hold one number per kind (``{"page": 0.81}``): read as that kind's "all".
+    """
+    if not isinstance(value, dict):
+        if value is not None:
+            logger.warning("%s: model_info.reward_accuracy is not a mapping: left out of the tables", where)
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for kind, acc in value.items():
+        if _number(acc) is not None:
+            out[str(kind)] = {"all": float(acc)}
+        elif isinstance(acc, dict):
+            out[str(kind)] = {str(k): float(v) for k, v in acc.items() if _number(v) is not None}
+        elif acc is not None:
+            logger.warning("%s: model_info.reward_accuracy.%s is neither a number nor a mapping: left out",
+                           where, kind)
+    return out
+
+
+def ppo_curve_of(value: object, where: Path | str = "?") -> list[dict[str, float]] | None:
+    """`model_info.ppo_curve` -> its rows sorted by epoch, each field a float (NaN when null); None
+    when absent (pagellm-sft, results written before it existed) or not a list of mappings."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value) or not value:
+        logger.warning("%s: model_info.ppo_curve is not a list of per-epoch mappings: no PPO summary or figure",
+                       where)
+        return None
+    rows = []
+    for i, r in enumerate(value):
+        epoch = _number(r.get("epoch"))
+        row = {"epoch": float(i if epoch is None else epoch)}
+        for name in PPO_CURVE_FIELDS:
+            v = _number(r.get(name))
+            row[name] = math.nan if v is None else v
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["epoch"])
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def load_runs(ws: Workspace, preset: str | None = None) -> pd.DataFrame:
     """One row per result file: identifiers, metrics (NaN when missing), costs and judge counts.
 
     Only `schema, preset, dataset, model, seed, split, metrics, config_hash` are required; `config`,
     `timing`, `model_info` and `per_user` are optional, so results written before they existed load.
     Columns: preset, dataset, split, model, entry, backbone, seed, path, per_user_path, costs (dict),
-    judge (dict or None: `model_info.judge`, else the `.judge.json` beside the file), then one column
-    per metric.
+    judge (dict or None: `model_info.judge`, else the `.judge.json` beside the file), reward_accuracy
+    (dict, see reward_accuracy_of), ppo_curve (list or None, see ppo_curve_of), then one column per
+    metric.
     """
     rows = []
     base = ws.runs / preset if preset else ws.runs
@@ -216,7 +287,9 @@ def load_runs(ws: Workspace, preset: str | None = None) -> pd.DataFrame:
                "split": split.get("name", "?") if isinstance(split, dict) else str(split),
                "model": r["model"], "backbone": str(backbone), "seed": int(r["seed"]), "path": str(path),
                "per_user_path": str(path.parent / per_user) if per_user else None, "costs": costs,
-               "judge": info.get("judge") or read_judgement(path)}
+               "judge": info.get("judge") or read_judgement(path),
+               "reward_accuracy": reward_accuracy_of(info.get("reward_accuracy"), path),
+               "ppo_curve": ppo_curve_of(info.get("ppo_curve"), path)}
         for name, value in (r["metrics"] or {}).items():
             row[name] = float(value) if isinstance(value, (int, float)) else math.nan
         rows.append(row)
@@ -336,25 +409,27 @@ class Cell:
     bold: bool = False
     sig: bool = False  # † significantly different from the reference (Holm-corrected)
     ref: bool = False  # ° the reference of the tests in this column
+    low: bool = False  # ⚠ a reward model's held-out pair accuracy below NEAR_CHANCE
 
     def markdown(self) -> str:
         if not self.text:
             return ""
         text = f"**{self.text}**" if self.bold else self.text
-        return text + ("†" if self.sig else "") + ("°" if self.ref else "")
+        return text + ("†" if self.sig else "") + ("°" if self.ref else "") + (" ⚠" if self.low else "")
 
     def latex(self) -> str:
         if not self.text:
             return ""
         text = _latex_escape(self.text)
         text = f"\\textbf{{{text}}}" if self.bold else text
-        return text + ("$^\\dagger$" if self.sig else "") + ("$^\\circ$" if self.ref else "")
+        return (text + ("$^\\dagger$" if self.sig else "") + ("$^\\circ$" if self.ref else "")
+                + ("$^{!}$" if self.low else ""))
 
 
 def _latex_escape(text: str) -> str:
     for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("#", "\\#"), ("_", "\\_"),
                  ("±", "$\\pm$"), ("↳ ", "\\quad "), ("Δ", "$\\Delta$"), ("−", "-"), ("·", "$\\cdot$"),
-                 ("→", "$\\rightarrow$")):
+                 ("→", "$\\rightarrow$"), ("⚠", "$^{!}$")):
         text = text.replace(a, b)
     return text
 
@@ -364,6 +439,7 @@ class Section:
     title: str
     headers: list[str]
     rows: list[list[Cell]]
+    footer: str = ""  # Markdown only, under the table (e.g. links to figures)
 
 
 @dataclass
@@ -377,6 +453,8 @@ class Table:
     tidy: pd.DataFrame = field(default_factory=pd.DataFrame)
     pvalues: pd.DataFrame = field(default_factory=pd.DataFrame)
     figure: str | None = None  # file name of its PNG, when one was drawn
+    figures: list[str] = field(default_factory=list)  # further PNGs drawn, relative to results/tables/
+    tested: bool = True  # False: no significance tests, so no .pvalues.csv
     blocks: list = field(default_factory=list)  # the numbers, for the report
 
     def markdown(self) -> str:
@@ -392,6 +470,8 @@ class Table:
             rows = [[c.markdown() for c in r] for r in s.rows]
             parts += [f"## {s.title}", "", tabulate(rows, headers=s.headers, tablefmt="github",
                                                     disable_numparse=True), ""]
+            if s.footer:
+                parts += [s.footer, ""]
         return "\n".join(parts).rstrip() + "\n"
 
     def latex(self) -> str:
@@ -620,7 +700,8 @@ def table1(frame: pd.DataFrame, per_user: PerUser) -> Table:
               "PageLLM with the mixed-grained reward (`pagellm`) against the same model after supervised "
               "fine-tuning only (`pagellm-sft`, the paper's \"w/o Reward\"), all nine metrics. † compares "
               "`pagellm` with `pagellm-sft`.",
-              notes=[CELL_NOTE, DEFINITIONS_NOTE, SIGNIFICANCE_NOTE.format(key=key)])
+              notes=[CELL_NOTE, DEFINITIONS_NOTE, SIGNIFICANCE_NOTE.format(key=key), REWARD_ACCURACY_NOTE,
+                     NEAR_CHANCE_NOTE])
     blocks = []
     for (preset, split, dataset), sub in _blocks(frame, cold=False):
         if "pagellm-sft" not in set(sub["model"]):
@@ -633,8 +714,59 @@ def table1(frame: pd.DataFrame, per_user: PerUser) -> Table:
             b.refs[m] = refs[0]
             b.tested[m] = [e for e in entries if b.model_of(e) == "pagellm"]
         blocks.append(b)
-    return _finish(t, blocks, per_user, TABLE1_METRICS,
-                   "Run `bench run --preset reward` (pagellm and pagellm-sft on the seven categories).")
+    _finish(t, blocks, per_user, TABLE1_METRICS,
+            "Run `bench run --preset reward` (pagellm and pagellm-sft on the seven categories).")
+    if blocks:
+        # each block's metric section is followed by the accuracy of the reward models behind its pagellm
+        sections, tidy = [], [t.tidy]
+        for section, b in zip(t.sections, blocks):
+            extra, rows = _table1_reward_section(b)
+            sections += [section, extra]
+            tidy.append(pd.DataFrame(rows))
+        t.sections = sections
+        t.tidy = pd.concat(tidy, ignore_index=True)
+    return t
+
+
+def _accuracy(rows: pd.DataFrame, kind: str, family: str = "all") -> tuple[float, float, int, float]:
+    """(mean, std, seeds, mean held-out pairs) of one reward model's accuracy over the result rows."""
+    accs = [a[kind] for a in rows["reward_accuracy"] if kind in a]
+    values = pd.Series([a.get(family, math.nan) for a in accs], dtype=float).dropna()
+    pairs = pd.Series([a.get("n", math.nan) for a in accs], dtype=float).dropna()
+    if values.empty:
+        return math.nan, math.nan, 0, math.nan
+    return (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan, len(values),
+            float(pairs.mean()) if len(pairs) else math.nan)
+
+
+def _fmt_pairs(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.0f}"
+
+
+def _accuracy_cell(mean: float, std: float) -> Cell:
+    return Cell(_mean_std(mean, std, lambda v: _fmt(v, 3)), low=not math.isnan(mean) and mean < NEAR_CHANCE)
+
+
+def _table1_reward_section(b: Block) -> tuple[Section, list[dict]]:
+    """Held-out pair accuracy of the page / item / mixed reward models of the block's pagellm runs."""
+    rows, tidy = [], []
+    for e in [e for e in b.entries if b.model_of(e) == "pagellm"]:
+        runs = b.rows_of(e)
+        stats = {kind: _accuracy(runs, kind) for kind in REWARD_KINDS}
+        lead = [Cell(e), Cell(str(runs["seed"].nunique()))]
+        if not any(n for _, _, n, _ in stats.values()):
+            rows.append(lead + [Cell("not recorded")] + [Cell()] * len(REWARD_KINDS))
+            continue
+        rows.append(lead + [_accuracy_cell(mean, std) for mean, std, _, _ in stats.values()]
+                    + [Cell(" / ".join(_fmt_pairs(pairs) for _, _, _, pairs in stats.values()))])
+        for kind, (mean, std, n, pairs) in stats.items():
+            if n:
+                tidy.append({"table": "table1_reward", "preset": b.preset, "split": b.split, "dataset": b.dataset,
+                             "model": e, "backbone": b.backbone_of(e), "metric": f"reward_accuracy.{kind}",
+                             "mean": mean, "std": std, "n_seeds": n, "n_pairs": pairs,
+                             "below_near_chance": mean < NEAR_CHANCE})
+    headers = ["model", "n", *REWARD_KINDS, "pairs (" + " / ".join(REWARD_KINDS) + ")"]
+    return Section(f"{b.title} · reward models (held-out pair accuracy)", headers, rows), tidy
 
 
 def table2(frame: pd.DataFrame, per_user: PerUser) -> Table:
@@ -883,6 +1015,158 @@ def _cold_start_figure(pairs: list[ColdPair], path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reward models and PPO
+# ---------------------------------------------------------------------------------------------
+
+def _ppo_final(curve: list[dict[str, float]]) -> dict[str, float]:
+    """The last epoch of a PPO curve, with the reward gain of its greedy lists over the fine-tuned ones."""
+    last = curve[-1]
+    sft = last["reward_greedy_sft"]
+    if math.isnan(sft):
+        sft = curve[0]["reward_greedy"]  # row 0 is the fine-tuned policy itself
+    return {"epochs": last["epoch"], "reward_greedy_sft": sft, "reward_greedy": last["reward_greedy"],
+            "reward_gain": last["reward_greedy"] - sft, "jaccard20_sft": last["jaccard20_sft"], "kl": last["kl"],
+            "kl_coef": last["kl_coef"]}
+
+
+PPO_SUMMARY = [("epochs", "epochs"), ("reward_greedy_sft", "reward (fine-tuned)"), ("reward_greedy", "reward (PPO)"),
+               ("reward_gain", "Δ reward"), ("jaccard20_sft", "Jaccard@20"), ("kl", "kl"), ("kl_coef", "kl_coef")]
+
+
+def _ppo_png(r: pd.Series) -> str:
+    """Where a run's PPO figure goes, relative to results/tables/ (mirrors the result file's path)."""
+    return f"{PPO_DIR}/{r['preset']}/{r['dataset']}/{r['split']}/{r['model']}-seed{int(r['seed'])}.png"
+
+
+def reward_models_table(frame: pd.DataFrame, out_dir: Path | None) -> Table:
+    """Per (preset, split, dataset): the reward models' held-out pair accuracy, one row per (variant, reward
+    kind) and one column per pair family, and the PPO summary per variant; with `out_dir`, one PNG per run
+    with a ppo_curve (see _ppo_png), linked under its block."""
+    key = "reward_models"
+    t = Table(key, "Reward models · held-out pair accuracy by family, and what PPO did",
+              "For every PageLLM run with a reward: the held-out Bradley-Terry pair accuracy of each reward model "
+              "it used (`model_info.reward_accuracy`), overall (`all`) and per pair family, and the last PPO epoch "
+              "of `model_info.ppo_curve` against the fine-tuned policy on a fixed set of training prompts: mean "
+              "reward-model score (the variant's own reward) of the greedy top-20 lists before (fine-tuned) and "
+              "after PPO, their difference (Δ reward), and the mean Jaccard overlap of the two greedy top-20 lists "
+              "(1 = PPO changed nothing), with the rollouts' KL to the reference and the adaptive KL coefficient.",
+              tested=False,
+              notes=["Cells: mean ± std over seeds (n = seeds); pairs = held-out pairs of the reward model (mean "
+                     "over seeds); a blank cell = no pair of that family was held out (or the result predates "
+                     "per-family accuracies).", NEAR_CHANCE_NOTE,
+                     f"PPO curves per epoch, one PNG per run: `{PPO_DIR}/<preset>/<dataset>/<split>/<model>-seed<k>"
+                     ".png` (linked under each block)."])
+    runs = frame[[is_pagellm(m) and (bool(a) or c is not None) for m, a, c in
+                  zip(frame["model"], frame["reward_accuracy"], frame["ppo_curve"])]] if not frame.empty else frame
+    if runs.empty:
+        t.stub = ("No result file holds `model_info.reward_accuracy` or `model_info.ppo_curve` (written by the "
+                  "PageLLM variants with a reward): run `bench run --preset ablation` or `bench run --preset reward`.")
+        return t
+    order = ["pagellm", "pagellm-item", "pagellm-page"]
+    keys = sorted(runs.groupby(["preset", "split", "dataset"]).groups, key=lambda k: (k[0], k[1], _dataset_rank(k[2])))
+    tidy, blocks = [], []
+    for preset, split, dataset in keys:
+        sub = runs[(runs["preset"] == preset) & (runs["split"] == split) & (runs["dataset"] == dataset)]
+        entries = sorted(_ordered_entries(sub, lambda m: True),
+                         key=lambda e: (_rank_in(order, sub[sub["entry"] == e]["model"].iloc[0]), e))
+        b = Block(preset, split, dataset, entries, sub)
+        blocks.append(b)
+        base = {"table": key, "preset": preset, "split": split, "dataset": dataset}
+        # held-out pair accuracy: one row per (variant, reward kind), one column per pair family
+        present = {f for a in sub["reward_accuracy"] for acc in a.values() for f in acc if f != "n"}
+        families = [f for f in PAIR_FAMILIES if f in present] + sorted(present - set(PAIR_FAMILIES))
+        rows = []
+        for e in entries:
+            kinds = {k for a in b.rows_of(e)["reward_accuracy"] for k in a}
+            for kind in [k for k in REWARD_KINDS if k in kinds] + sorted(kinds - set(REWARD_KINDS)):
+                stats = {f: _accuracy(b.rows_of(e), kind, f) for f in families}
+                seeds = max(n for _, _, n, _ in stats.values())
+                pairs = _accuracy(b.rows_of(e), kind)[3]
+                rows.append([Cell(e), Cell(kind), Cell(str(seeds)), Cell(_fmt_pairs(pairs))]
+                            + [_accuracy_cell(mean, std) for mean, std, _, _ in stats.values()])
+                tidy += [{**base, "section": "accuracy", "model": e, "backbone": b.backbone_of(e), "reward": kind,
+                          "metric": f, "mean": mean, "std": std, "n_seeds": n, "n_pairs": pairs,
+                          "below_near_chance": mean < NEAR_CHANCE} for f, (mean, std, n, _) in stats.items() if n]
+        if rows:
+            t.sections.append(Section(f"{b.title} · held-out pair accuracy",
+                                      ["variant", "reward", "n", "pairs", *families], rows))
+        # PPO: the last epoch against the fine-tuned policy, and the per-run figures
+        rows, links = [], []
+        for e in entries:
+            with_curve = b.rows_of(e)[b.rows_of(e)["ppo_curve"].notna()]
+            if with_curve.empty:
+                continue
+            finals = pd.DataFrame([_ppo_final(c) for c in with_curve["ppo_curve"]])
+            cells = [Cell(e), Cell(str(len(with_curve)))]
+            for name, _ in PPO_SUMMARY:
+                values = finals[name].dropna()
+                mean = float(values.mean()) if len(values) else math.nan
+                std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+                if name == "epochs":
+                    text = _mean_std(mean, math.nan, lambda v: f"{v:g}")
+                elif name == "reward_gain":
+                    text = _fmt_signed(mean) + ("" if math.isnan(std) or math.isnan(mean) else f" ± {_fmt(std)}")
+                else:
+                    text = _mean_std(mean, std)
+                cells.append(Cell(text))
+                tidy.append({**base, "section": "ppo", "model": e, "backbone": b.backbone_of(e), "reward": "",
+                             "metric": name, "mean": mean, "std": std, "n_seeds": len(values)})
+            rows.append(cells)
+            for _, r in with_curve.sort_values("seed").iterrows():
+                png = _ppo_png(r)
+                if out_dir is not None:
+                    _ppo_figure(r, out_dir / png)
+                    t.figures.append(png)
+                links.append(f"[{e} seed {int(r['seed'])}]({png})")
+        if rows:
+            footer = ("PPO curves: " + " · ".join(links)) if out_dir is not None else ""
+            t.sections.append(Section(f"{b.title} · PPO, last epoch against the fine-tuned policy",
+                                      ["variant", "n"] + [h for _, h in PPO_SUMMARY], rows, footer))
+    t.blocks = blocks
+    t.tidy = pd.DataFrame(tidy)
+    return t
+
+
+def _rank_in(order: list[str], model: str) -> tuple[int, str]:
+    return (order.index(model) if model in order else len(order), model)
+
+
+def _ppo_figure(r: pd.Series, path: Path) -> str:
+    """One run's PPO curve, a small panel per quantity against the epoch (epoch 0 = fine-tuned policy)."""
+    curve = pd.DataFrame(r["ppo_curve"])
+    panels = [("reward of the greedy top-20", [("reward_greedy_sft", "fine-tuned"), ("reward_greedy", "PPO")]),
+              ("Jaccard@20 to fine-tuned lists", [("jaccard20_sft", None)]),
+              ("rollout score", [("score", None)]), ("approx. KL (update)", [("approx_kl", None)]),
+              ("clip fraction", [("clipfrac", None)]), ("entropy", [("entropy", None)]),
+              ("value loss", [("vf_loss", None)]), ("KL to reference (rollouts)", [("kl", None)]),
+              ("KL coefficient", [("kl_coef", None)])]
+    fig = _new_figure(9.5, 7.5)
+    axes = fig.subplots(3, 3, sharex=True).ravel()
+    for ax, (title, lines) in zip(axes, panels):
+        for name, label in lines:
+            ax.plot(curve["epoch"], curve[name], marker="o", markersize=3, label=label)
+        if lines[0][0] == "jaccard20_sft":
+            ax.set_ylim(-0.02, 1.02)  # 1 = PPO left the lists as they were
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes[-3:]:
+        ax.set_xlabel("PPO epoch", fontsize=8)
+    accuracy = ", ".join(f"{kind} {acc['all']:.3f}" for kind, acc in r["reward_accuracy"].items() if "all" in acc)
+    fig.suptitle(f"{r['entry']} · {r['dataset']} · split {r['split']} · preset {r['preset']} · "
+                 f"seed {int(r['seed'])}"
+                 + (f"\nheld-out pair accuracy: {accuracy}" if accuracy else ""), fontsize=10)
+    # fixed margins, not tight_layout / bbox_inches="tight": those measure every tick label and would make
+    # a paper-size run (one figure per PPO run, ~60) take minutes
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.07, top=0.88, wspace=0.3, hspace=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path.name
+
+
+# ---------------------------------------------------------------------------------------------
 # LLM judge (Figure 3)
 # ---------------------------------------------------------------------------------------------
 
@@ -993,7 +1277,8 @@ def build_tables(ws: Workspace, preset: str | None = None, out_dir: Path | None 
     frame = load_runs(ws, preset)
     per_user = per_user or PerUser()
     tables = [table1(frame, per_user), table2(frame, per_user), table3(frame, per_user), table5(frame, per_user),
-              cold_start_table(frame, per_user, out_dir), judge_table(frame, out_dir)]
+              cold_start_table(frame, per_user, out_dir), judge_table(frame, out_dir),
+              reward_models_table(frame, out_dir)]
     for t in tables:
         if t.stub and preset:
             t.stub += f" Only preset `{preset}` was read."
@@ -1010,16 +1295,25 @@ def write_tables(ws: Workspace, preset: str | None = None) -> list[Path]:
     """results/tables/<key>.md, .csv, .tex and .pvalues.csv for every table, and the PNG figures."""
     out = ws.tables
     out.mkdir(parents=True, exist_ok=True)
+    # never leave a figure from older results behind
     for name in ("cold_start.png", "judge_winrate.png"):
-        (out / name).unlink(missing_ok=True)  # never leave a figure from older results behind
+        (out / name).unlink(missing_ok=True)
+    for png in (out / PPO_DIR).rglob("*.png"):
+        png.unlink()
+    for folder in sorted((out / PPO_DIR).rglob("*"), key=lambda d: len(d.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     paths = []
     for key, t in build_tables(ws, preset, out).items():
-        for suffix, text in ((".md", t.markdown()), (".tex", t.latex()), (".csv", _csv(t.tidy, t.stub)),
-                             (".pvalues.csv", _csv(t.pvalues, t.stub or "no comparisons"))):
+        files = [(".md", t.markdown()), (".tex", t.latex()), (".csv", _csv(t.tidy, t.stub))]
+        if t.tested:
+            files.append((".pvalues.csv", _csv(t.pvalues, t.stub or "no comparisons")))
+        for suffix, text in files:
             write_text_atomic(out / f"{key}{suffix}", text)
             paths.append(out / f"{key}{suffix}")
         if t.figure:
             paths.append(out / t.figure)
+        paths += [out / f for f in t.figures]
     return paths
 
 

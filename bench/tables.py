@@ -20,7 +20,8 @@ PAPER_TABLE_LINKS = [("Table 1 · reward vs no reward", "table1_reward"),
                      ("Table 3 · backbones, time, memory", "table3_backbones"),
                      ("Table 5 · ablation", "table5_ablation"),
                      ("Cold start (Appendix F)", "cold_start"),
-                     ("LLM-judge win rate (Figure 3)", "judge_winrate")]
+                     ("LLM-judge win rate (Figure 3)", "judge_winrate"),
+                     ("Reward models · held-out pair accuracy, PPO curves", "reward_models")]
 METRIC_NOTE = (
     "Metrics follow spec/metrics.md (see README): recall@K = hits / |T|; recall_mvae@K = hits / min(K, |T|) "
     "(the Multi-VAE convention the paper most likely used); ranked metrics (was, dpa, wmrd, pwkt) at K = 100 are "

@@ -25,7 +25,14 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RUNS = FIXTURES / "results" / "runs"
 EXPECTED = FIXTURES / "expected"
 TABLE_KEYS = ["table1_reward", "table2_baselines", "table3_backbones", "table5_ablation", "cold_start",
-              "judge_winrate"]
+              "judge_winrate", "reward_models"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# the runs whose model_info holds a ppo_curve (tests/fixtures/results/make_fixtures.py: reward_info)
+PPO_PNGS = sorted([f"ppo/paper/am-toys/random-s0/{m}-seed{k}.png" for m in ("pagellm", "pagellm-item", "pagellm-page")
+                   for k in (0, 1)]
+                  + [f"ppo/paper/{d}/{s}/pagellm-seed{k}.png" for d, s in (("am-toys", "random-s0-cold50"),
+                                                                          ("am-beauty-2014", "random-s0"))
+                     for k in (0, 1)])
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +164,14 @@ def test_stubs_when_nothing_ran(tmp_path):
     assert main(["--root", str(tmp_path), "report"]) == 0
     tables = tmp_path / "results" / "tables"
     for key, preset in (("table1_reward", "reward"), ("table2_baselines", "paper"), ("table3_backbones", "backbones"),
-                        ("table5_ablation", "ablation"), ("cold_start", "cold-start"), ("judge_winrate", "judge")):
+                        ("table5_ablation", "ablation"), ("cold_start", "cold-start"), ("judge_winrate", "judge"),
+                        ("reward_models", "ablation")):
         md = (tables / f"{key}.md").read_text()
         assert "**Not run yet.**" in md and f"bench run --preset {preset}" in md, key
         assert (tables / f"{key}.tex").exists()
         assert "not run" in pd.read_csv(tables / f"{key}.csv")["status"].iloc[0]
     assert not (tables / "cold_start.png").exists() and not (tables / "judge_winrate.png").exists()
+    assert not (tables / "ppo").exists() or not list((tables / "ppo").rglob("*.png"))
     report = (tmp_path / "results" / "REPORT.md").read_text()
     assert report.count("| **not run** |") == 5
     leaderboard = (tmp_path / "results" / "LEADERBOARD.md").read_text()
@@ -237,5 +246,129 @@ def test_table3_shows_stage_times_and_one_parameter_count():
 
 def test_cost_fields_from_model_info():
     costs = pt._flatten_costs({"stage_seconds": {"ppo": 3.0}, "peak_gpu_mb": 10, "trainable_params": 5,
-                               "reward_accuracy": {"page": 0.8}, "judge": {"wins": 1}, "backbone": "gpt2"})
+                               "reward_accuracy": {"page": 0.8, "item": {"all": 0.7, "n": 9, "on-policy-greedy": 0.6}},
+                               "ppo_curve": [{"epoch": 1, "kl": 0.3}], "judge": {"wins": 1}, "backbone": "gpt2"})
     assert costs == {"stage_seconds.ppo": 3.0, "peak_gpu_mb": 10.0, "trainable_params": 5.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward models and PPO (model_info.reward_accuracy, model_info.ppo_curve)
+# ---------------------------------------------------------------------------------------------
+
+def _section(md: str, title_start: str) -> str:
+    """The text of the Markdown section whose heading starts with `title_start`, up to the next heading."""
+    start = md.index(f"## {title_start}")
+    end = md.find("\n## ", start + 1)
+    return md[start:end if end > 0 else None]
+
+
+def test_table1_shows_reward_model_accuracy(rendered):
+    t1 = _tidy(rendered, "table1_reward")
+    page = _cell(t1, "am-toys", "pagellm", "reward_accuracy.page")
+    # seeds 0.79 and 0.81 (make_fixtures: 0.80 -/+ 0.01), 420 held-out pairs
+    assert page["mean"] == pytest.approx(0.80) and page["std"] == pytest.approx(0.01 * math.sqrt(2), abs=1e-6)
+    assert page["n_seeds"] == 2 and page["n_pairs"] == 420 and not page["below_near_chance"]
+    assert _cell(t1, "am-toys", "pagellm", "reward_accuracy.mixed")["mean"] == pytest.approx(0.78)
+    mixed = _cell(t1, "am-beauty-2014", "pagellm", "reward_accuracy.mixed")
+    assert mixed["mean"] == pytest.approx(0.57) and mixed["n_pairs"] == 800 and mixed["below_near_chance"]
+    reward_rows = t1[t1["metric"].str.startswith("reward_accuracy")]
+    assert len(reward_rows) == 6 and set(reward_rows["model"]) == {"pagellm"}  # pagellm-sft has no reward model
+    md = (rendered / "results" / "tables" / "table1_reward.md").read_text()
+    toys = _section(md, "am-toys · split random-s0 · preset paper · reward models")
+    assert "| pagellm | 2   | 0.800 ± 0.014 | 0.740 ± 0.014 | 0.780 ± 0.014 | 420 / 380 / 800" in toys
+    assert "⚠" not in toys
+    beauty = _section(md, "am-beauty-2014 · split random-s0 · preset paper · reward models")
+    assert "| 0.580 ± 0.014 ⚠ | 0.550 ± 0.014 ⚠ | 0.570 ± 0.014 ⚠ |" in beauty
+    assert "⚠ = held-out pair accuracy below 0.6: the reward model is near chance" in md
+    # each block's metric section comes first, its reward models right after it
+    assert md.index("## am-beauty-2014 · split random-s0 · preset paper\n") < md.index(
+        "## am-beauty-2014 · split random-s0 · preset paper · reward models") < md.index("## am-toys")
+    tex = (rendered / "results" / "tables" / "table1_reward.tex").read_text()
+    assert "0.570 $\\pm$ 0.014$^{!}$" in tex
+
+
+def test_reward_models_table_by_family_and_ppo(rendered):
+    rm = _tidy(rendered, "reward_models")
+
+    def value(dataset, model, section, metric, reward=""):
+        rows = rm[(rm["dataset"] == dataset) & (rm["split"] == "random-s0") & (rm["model"] == model)
+                  & (rm["section"] == section) & (rm["metric"] == metric) & (rm["reward"].fillna("") == reward)]
+        assert len(rows) == 1, (dataset, model, section, metric, reward)
+        return rows.iloc[0]
+
+    ranked = value("am-toys", "pagellm-item", "accuracy", "ranked", "item")  # 0.74 - 0.15
+    assert ranked["mean"] == pytest.approx(0.59) and ranked["below_near_chance"] and ranked["n_pairs"] == 380
+    preference = value("am-toys", "pagellm", "accuracy", "preference", "mixed")  # 0.78 + 0.08
+    assert preference["mean"] == pytest.approx(0.86) and not preference["below_near_chance"]
+    assert set(rm.loc[(rm["model"] == "pagellm-page") & (rm["section"] == "accuracy"), "reward"]) == {"page"}
+    assert not (rm["model"] == "pagellm-sft").any()  # no reward model, no PPO
+    old = value("am-instruments", "pagellm", "accuracy", "all", "page")  # one number per kind: an older result
+    assert old["mean"] == pytest.approx(0.81) and math.isnan(old["n_pairs"])
+    # PPO, last epoch: am-toys gain 0.19 + 0.02 * seed, Jaccard@20 0.70 - 0.02 * seed;
+    # am-beauty-2014 gain -0.02 + 0.02 * seed
+    gain = value("am-toys", "pagellm", "ppo", "reward_gain")
+    assert gain["mean"] == pytest.approx(0.20) and gain["std"] == pytest.approx(0.02 / math.sqrt(2), abs=1e-6)
+    assert value("am-toys", "pagellm", "ppo", "jaccard20_sft")["mean"] == pytest.approx(0.69)
+    assert value("am-toys", "pagellm-page", "ppo", "reward_greedy")["mean"] == pytest.approx(0.40)
+    assert value("am-beauty-2014", "pagellm", "ppo", "reward_gain")["mean"] == pytest.approx(-0.01)
+    assert value("am-toys", "pagellm", "ppo", "epochs")["mean"] == 3
+    assert not ((rm["dataset"] == "am-instruments") & (rm["section"] == "ppo")).any()  # no ppo_curve
+    md = (rendered / "results" / "tables" / "reward_models.md").read_text()
+    beauty = _section(md, "am-beauty-2014 · split random-s0 · preset paper · held-out pair accuracy")
+    assert "| pagellm   | mixed    | 2   | 800     | 0.570 ± 0.014 ⚠ |" in beauty
+    assert "| pagellm   | 2   | 3        | 0.1200 ± 0.0000       | 0.1100 ± 0.0141 | -0.0100 ± 0.0141" in md
+    assert "below 0.6: the reward model is near chance" in md
+    assert "[pagellm-item seed 1](ppo/paper/am-toys/random-s0/pagellm-item-seed1.png)" in md
+    assert not (rendered / "results" / "tables" / "reward_models.pvalues.csv").exists()  # nothing is tested
+
+
+def test_one_ppo_figure_per_run_with_a_curve(rendered):
+    tables = rendered / "results" / "tables"
+    drawn = sorted(p.relative_to(tables).as_posix() for p in (tables / "ppo").rglob("*.png"))
+    assert drawn == PPO_PNGS  # none for pagellm-sft, none for the backbones run (no ppo_curve)
+    for name in drawn:
+        data = (tables / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name
+    import matplotlib.image as mpimg
+
+    image = mpimg.imread(tables / PPO_PNGS[0])
+    assert image.ndim == 3 and image.shape[0] > 400 and image.shape[1] > 600
+
+
+def test_stale_ppo_figures_removed_and_new_ones_listed(tmp_path):
+    shutil.copytree(RUNS, tmp_path / "results" / "runs")
+    ws = Workspace.at(tmp_path)
+    stale = ws.tables / "ppo" / "old-preset" / "am-toys" / "random-s0" / "pagellm-seed7.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(PNG_MAGIC)
+    # a run that lost its curve (e.g. rerun with an older model) must lose its figure too
+    src = tmp_path / "results" / "runs" / "paper" / "am-beauty-2014" / "random-s0" / "pagellm" / "seed1.json"
+    data = json.loads(src.read_text())
+    del data["model_info"]["ppo_curve"]
+    src.write_text(json.dumps(data))
+    paths = pt.write_tables(ws)
+    assert not stale.exists() and not (ws.tables / "ppo" / "old-preset").exists()
+    expected = [p for p in PPO_PNGS if p != "ppo/paper/am-beauty-2014/random-s0/pagellm-seed1.png"]
+    listed = sorted(p.relative_to(ws.tables).as_posix() for p in paths if p.parts[-5:-4] == ("ppo",))
+    assert listed == expected
+    assert sorted(p.relative_to(ws.tables).as_posix() for p in (ws.tables / "ppo").rglob("*.png")) == expected
+    assert all(p.exists() for p in paths)
+    rm = pd.read_csv(ws.tables / "reward_models.csv")
+    gain = rm[(rm["dataset"] == "am-beauty-2014") & (rm["metric"] == "reward_gain")].iloc[0]
+    assert gain["n_seeds"] == 1 and gain["mean"] == pytest.approx(-0.02)  # the seed that kept its curve
+
+
+def test_reward_fields_parsed_leniently(caplog):
+    full = pt.reward_accuracy_of({"page": {"all": 0.8, "n": 10, "ranked": None, "diversity": 0.7}, "item": None,
+                                  "mixed": 0.75})
+    assert full == {"page": {"all": 0.8, "n": 10.0, "diversity": 0.7}, "mixed": {"all": 0.75}}
+    assert pt.reward_accuracy_of(None) == {} and not caplog.records
+    assert pt.reward_accuracy_of([0.8], where="r.json") == {} and "r.json" in caplog.text
+    curve = pt.ppo_curve_of([{"epoch": 1, "reward_greedy": 0.3, "kl": None}, {"epoch": 0, "reward_greedy": 0.1}])
+    assert [r["epoch"] for r in curve] == [0.0, 1.0] and curve[1]["reward_greedy"] == 0.3
+    assert math.isnan(curve[1]["kl"]) and math.isnan(curve[0]["clipfrac"])
+    assert pt.ppo_curve_of(None) is None and pt.ppo_curve_of({"epoch": 0}) is None
+    final = pt._ppo_final(pt.ppo_curve_of([{"epoch": 0, "reward_greedy": 0.1},
+                                           {"epoch": 2, "reward_greedy": 0.4, "jaccard20_sft": 0.5}]))
+    # no reward_greedy_sft recorded: the fine-tuned lists' reward is epoch 0's reward_greedy
+    assert final["reward_gain"] == pytest.approx(0.3) and final["epochs"] == 2 and final["jaccard20_sft"] == 0.5
