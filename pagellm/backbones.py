@@ -490,3 +490,23 @@ def decode_items(backbone: Backbone, prompts: Sequence[Sequence[int]], banned, s
             h, past = backbone.hidden(next_ids[:, None], mask, position, past_key_values=past, use_cache=True)
             last = h[:, -1]
     return out
+
+
+def decode_many(backbone: Backbone, prompts: Sequence[Sequence[int]], banned_rows: Sequence[Iterable[int]],
+                steps: int, *, batch_size: int = 64, sample: bool = False, temperature: float = 1.0,
+                generator=None) -> np.ndarray:
+    """`decode_items` over any number of prompts: (len(prompts), steps) int64 item lists, -1 where
+    nothing was left. Prompts of similar length share a batch (less padding, which changes
+    logits by rounding only); banned_rows[r] are the items row r may never list."""
+    import torch
+
+    out = np.full((len(prompts), steps), -1, dtype=np.int64)
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    for start in range(0, len(prompts), batch_size):
+        rows = order[start:start + batch_size]
+        banned = banned_matrix([banned_rows[r] for r in rows], backbone.tokens.n_items, backbone.device)
+        with torch.no_grad():
+            items = decode_items(backbone, [prompts[r] for r in rows], banned, steps, sample=sample,
+                                 temperature=temperature, generator=generator)
+        out[rows] = items.cpu().numpy()
+    return out

@@ -8,8 +8,12 @@ Pipeline (each stage a folder written atomically, skipped when it exists with th
     pretrain     meta-information pre-training (eq. 2 + 3)      pagellm.sft.pretrain
     finetune     ground-truth fine-tuning (eq. 4), early       pagellm.sft.finetune
                  stopping on the valid metric
-    reward-page  page-level reward model (eq. 5 + 8)            pagellm.reward
-    reward-item  item-level reward model (eq. 6 + 8)            pagellm.reward
+    lists        the fine-tuned policy's greedy and sampled     pagellm.backbones.decode_items
+                 lists of every training prompt (rollout length)
+    reward-page  page-level reward model (eq. 5 + 8) on the     pagellm.reward, pagellm.pairs
+                 pairs completed to rollout length + on-policy
+    reward-item  item-level reward model (eq. 6 + 8 + token     pagellm.reward, pagellm.pairs
+                 labels), same pairs
     ppo          PPO from the fine-tuned policy (eq. 9-11)      pagellm.ppo (per variant, in the workdir)
 
 The first four stages do not depend on the variant: they live in a folder shared by the
@@ -55,7 +59,7 @@ from bench.models import Model, ModelConfig, validate
 
 logger = logging.getLogger(__name__)
 
-STAGE_VERSION = 1  # bump when a stage's training code changes: every stage is recomputed
+STAGE_VERSION = 2  # bump when a stage's training code changes: every stage is recomputed
 VARIANTS = ("mixed", "item", "page", "none")
 INFERENCE_PROMPTS = ("history", "train-input")
 
@@ -85,11 +89,12 @@ class PageLLMConfig(ModelConfig):
     data_pairs_per_user: int = field(default=1, metadata={"help": "data: pairs per user and family"})
     data_replace_fraction: float = field(default=0.5, metadata={"help": "data: replaced share in rejected lists"})
     data_ranked_swaps: int = field(default=1, metadata={"help": "data: swaps per ranked pair"})
-    data_redundancy_allow_repeat: bool = field(default=True, metadata={"help": "data: repeat item if no duplicate"})
+    data_redundancy_allow_repeat: bool = field(default=False, metadata={"help": "data: repeat item if no duplicate"})
     data_heldout_fraction: float = field(default=0.1, metadata={"help": "data: share of users with held-out pairs"})
-    data_mask_heldout_items: bool = field(default=True, metadata={"help": "data: never reject own valid/test items"})
     data_second_order_group_size: int = field(default=5, metadata={"help": "data: items per 2nd-order prompt"})
     data_max_description_words: int = field(default=30, metadata={"help": "data: description words in item prompts"})
+    data_max_review_words: int = field(default=60, metadata={
+        "help": "data: review words quoted in pre-training and rating prompts (0 = none)"})
     data_seed: int = field(default=0, metadata={"help": "data: seed of the data construction (fixed across seeds)"})
     # --- meta-information pre-training (5.1.2)
     pretrain_epochs: int = field(default=1, metadata={"help": "pre-training epochs over the B.1 texts (0 = skip)"})
@@ -107,8 +112,14 @@ class PageLLMConfig(ModelConfig):
     rm_epochs: int = field(default=2, metadata={"help": "reward-model epochs over the training pairs"})
     rm_batch_size: int = field(default=16, metadata={"help": "pairs per reward-model step"})
     rm_lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the reward models"})
-    rm_token_weight: float = field(default=0.0, metadata={
+    rm_token_weight: float = field(default=1.0, metadata={
         "help": "item model: weight of a per-token BCE on the pairs' position labels (0 = eq. 8 only)"})
+    rm_on_policy: bool = field(default=True, metadata={
+        "help": "reward pairs: complete every pair to the rollout length with the fine-tuned policy's greedy list "
+                "and add on-policy pairs (golden page vs the policy's greedy and sampled lists); off = the data "
+                "module's pairs as they are"})
+    rm_warn_below: float = field(default=0.6, metadata={
+        "help": "log a warning when a reward model's held-out pair accuracy is below this"})
     item_weight: float = field(default=1.0, metadata={"help": "w in the mixed reward R_page + w * R_item"})
     # --- PPO (5.3, Appendix D.2)
     ppo_epochs: int = field(default=5, metadata={"help": "PPO epochs over the training prompts (paper: 5)"})
@@ -117,14 +128,21 @@ class PageLLMConfig(ModelConfig):
     ppo_inner_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
     ppo_list_len: int = field(default=20, metadata={"help": "items per sampled list"})
     ppo_lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate of PPO (paper: 1e-5)"})
-    kl_coef: float = field(default=0.05, metadata={"help": "per-token KL penalty to the fine-tuned policy"})
+    kl_coef: float = field(default=0.05, metadata={"help": "per-token KL penalty to the fine-tuned policy (initial "
+                                                           "value when kl_target > 0)"})
+    kl_target: float = field(default=0.0, metadata={
+        "help": "> 0: adaptive KL coefficient (Ziegler et al. 2019) aiming at this KL per list; 0 = fixed kl_coef"})
+    kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL controller horizon (lists)"})
     clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip (paper: 0.2)"})
     clip_range_value: float = field(default=0.2, metadata={"help": "value clip"})
     vf_coef: float = field(default=0.1, metadata={"help": "value-loss weight"})
     ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight"})
     gamma: float = field(default=1.0, metadata={"help": "discount (paper: 1)"})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
-    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "policy temperature in PPO (rollouts, ratios, KL, entropy) and in the sampled on-policy pairs"})
+    ppo_monitor_users: int = field(default=256, metadata={
+        "help": "training prompts whose greedy lists are scored and compared after every PPO epoch"})
     reward_normalization: bool = field(default=True, metadata={"help": "standardise reward-model scores (paper)"})
     # --- ranking
     inference_prompt: str = field(default="history", metadata={
@@ -158,7 +176,7 @@ class PageLLMConfig(ModelConfig):
                            list_len=self.ppo_list_len, lr=self.ppo_lr, kl_coef=self.kl_coef,
                            clip_range=self.clip_range, clip_range_value=self.clip_range_value,
                            vf_coef=self.vf_coef, ent_coef=self.ent_coef, gamma=self.gamma, lam=self.lam,
-                           temperature=self.temperature)
+                           temperature=self.temperature, kl_target=self.kl_target, kl_horizon=self.kl_horizon)
 
 
 # Which settings each stage reads (its key also holds the key of the stage it starts from).
@@ -168,10 +186,11 @@ _STAGE_FIELDS = {
     "pretrain": ("pretrain_epochs", "pretrain_batch_size", "pretrain_lr", "rating_weight"),
     "finetune": ("finetune_epochs", "finetune_batch_size", "finetune_lr", "patience", "valid_metric",
                  "inference_prompt"),
-    "reward": ("rm_epochs", "rm_batch_size", "rm_lr", "rm_token_weight"),
+    "lists": ("ppo_list_len", "temperature"),
+    "reward": ("rm_epochs", "rm_batch_size", "rm_lr", "rm_token_weight", "rm_on_policy"),
     "ppo": ("ppo_epochs", "ppo_batch_size", "ppo_mini_batch_size", "ppo_inner_epochs", "ppo_list_len", "ppo_lr",
-            "kl_coef", "clip_range", "clip_range_value", "vf_coef", "ent_coef", "gamma", "lam", "temperature",
-            "reward_normalization", "item_weight"),
+            "kl_coef", "kl_target", "kl_horizon", "clip_range", "clip_range_value", "vf_coef", "ent_coef", "gamma",
+            "lam", "temperature", "reward_normalization", "item_weight", "ppo_monitor_users"),
 }
 
 
@@ -282,20 +301,25 @@ class PageLLM(Model):
         self.reward_accuracy = None
         if self.variant != "none":
             needed = {"mixed": ("page", "item"), "page": ("page",), "item": ("item",)}[self.variant]
+            lists_key = key_of("lists", ft_key)
+            lists_dir = shared / f"lists-{hash_json(lists_key)}"
+            if config.rm_on_policy:
+                self.stages["lists"] = run_stage(lists_dir, lists_key, lambda d: self._policy_lists(d, ft_dir, data))
             rm_dirs, rm_keys = {}, {}
             for kind in needed:
-                rm_keys[kind] = key_of(f"reward-{kind}", ft_key, kind=kind)
+                rm_keys[kind] = key_of(f"reward-{kind}", lists_key, kind=kind)
                 rm_dirs[kind] = shared / f"reward-{kind}-{hash_json(rm_keys[kind])}"
                 self.stages[f"reward-{kind}"] = run_stage(
-                    rm_dirs[kind], rm_keys[kind], lambda d, kind=kind: self._reward(d, kind, ft_dir, data))
+                    rm_dirs[kind], rm_keys[kind], lambda d, kind=kind: self._reward(d, kind, ft_dir, lists_dir, data))
             ppo_key = key_of("ppo", ft_key, variant=self.variant,
                              rewards={k: hash_json(v) for k, v in rm_keys.items()})
             final_dir = workdir / f"ppo-{hash_json(ppo_key)}"
-            self.stages["ppo"] = run_stage(final_dir, ppo_key, lambda d: self._ppo(d, ft_dir, rm_dirs, data))
+            self.stages["ppo"] = run_stage(final_dir, ppo_key, lambda d: self._ppo(d, ft_dir, rm_dirs, lists_dir, data))
             self.reward_accuracy = {kind: self.stages[f"reward-{kind}"].get("heldout_accuracy", {}).get(kind)
                                     for kind in needed}
             if "mixed" in (self.stages["ppo"].get("heldout_accuracy") or {}):
                 self.reward_accuracy["mixed"] = self.stages["ppo"]["heldout_accuracy"]["mixed"]
+            self._warn_weak_rewards()
         seed_torch(config.seed)
         self.policy = self._load(final_dir)
         self.policy.model.eval()
@@ -399,7 +423,74 @@ class PageLLM(Model):
         """List tokens that may follow a training prompt (label lists, pairs, PPO rollouts)."""
         return max(self.config.data_max_list_len, self.config.ppo_list_len)
 
-    def _reward(self, out: Path, kind: str, ft_dir: Path, data) -> dict:
+    def _training_users(self, data) -> list[int]:
+        """Users with a fine-tuning prompt and a label list: the prompts of the reward and PPO stages."""
+        return sorted(u for u in data.finetune_prompts if u in data.label_lists)
+
+    def _policy_lists(self, out: Path, ft_dir: Path, data) -> dict:
+        """The fine-tuned policy's greedy list and one list sampled at `temperature`, of length
+        `ppo_list_len`, for every training prompt (what PPO's first rollouts look like)."""
+        import json
+
+        import torch
+
+        from pagellm.backbones import decode_many
+        from pagellm.ppo import jaccard_at
+
+        c = self.config
+        generator = self._generator("lists")
+        policy = self._load(ft_dir)
+        policy.model.eval()
+        users = self._training_users(data)
+        prompts = policy.encode([data.finetune_prompts[u] for u in users], c.max_prompt_tokens,
+                                reserve=self._list_room())
+        banned = [list(data.input_items.get(u, [])) for u in users]
+        steps = min(c.ppo_list_len, self.split.n_items)
+        greedy = decode_many(policy, prompts, banned, steps, batch_size=c.rank_batch_size)
+        sampler = torch.Generator(device=policy.device).manual_seed(int(torch.randint(2**62, (1,),
+                                                                                     generator=generator)))
+        sampled = decode_many(policy, prompts, banned, steps, batch_size=c.rank_batch_size, sample=True,
+                              temperature=c.temperature, generator=sampler)
+        with open(out / "lists.jsonl", "w", encoding="utf-8") as fh:
+            for u, g, x in zip(users, greedy.tolist(), sampled.tolist()):
+                fh.write(json.dumps({"user": u, "greedy": [i for i in g if i >= 0],
+                                     "sampled": [i for i in x if i >= 0]}) + "\n")
+        label_hits = [len(set(data.label_lists[u]) & set(g[:len(data.label_lists[u])])) / len(data.label_lists[u])
+                      for u, g in zip(users, greedy.tolist())]
+        return {"n_users": len(users), "list_len": steps,
+                "jaccard20_greedy_sampled": round(float(jaccard_at(greedy, sampled, 20).mean()), 4) if users else None,
+                "label_share_in_greedy_head": round(float(np.mean(label_hits)), 4) if users else None}
+
+    @staticmethod
+    def _read_lists(lists_dir: Path) -> tuple[dict, dict]:
+        import json
+
+        greedy, sampled = {}, {}
+        path = lists_dir / "lists.jsonl"
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                greedy[row["user"]], sampled[row["user"]] = row["greedy"], row["sampled"]
+        return greedy, sampled
+
+    def _reward_pairs(self, data, lists_dir: Path) -> tuple[list, list]:
+        """(train pairs, held-out pairs) of the reward models: `pagellm.pairs` at rollout length, or
+        the data module's pairs as they are when `rm_on_policy` is off."""
+        from pagellm.pairs import rollout_length_pairs
+
+        if not self.config.rm_on_policy:
+            return list(data.pairs_train), list(data.pairs_heldout)
+        greedy, sampled = self._read_lists(lists_dir)
+        length = min(self.config.ppo_list_len, self.split.n_items)
+        heldout = set(data.heldout_users)
+        users = self._training_users(data)
+        train = rollout_length_pairs(data.pairs_train, data.label_lists, greedy, sampled, length,
+                                     users=[u for u in users if u not in heldout])
+        held = rollout_length_pairs(data.pairs_heldout, data.label_lists, greedy, sampled, length,
+                                    users=[u for u in users if u in heldout])
+        return train, held
+
+    def _reward(self, out: Path, kind: str, ft_dir: Path, lists_dir: Path, data) -> dict:
         import torch
 
         from pagellm.reward import RewardModels, new_reward_model, pair_accuracy, pairs_for, train_reward_model
@@ -408,15 +499,20 @@ class PageLLM(Model):
         generator = self._generator(f"reward-{kind}")
         backbone = self._train_view(self._load(ft_dir))
         rm = new_reward_model(backbone, kind)
-        pairs = pairs_for(kind, data.pairs_train)
+        pairs_train, pairs_heldout = self._reward_pairs(data, lists_dir)
+        pairs = pairs_for(kind, pairs_train)
         prompt_ids = self._prompt_ids(backbone, data)
         log = train_reward_model(rm, pairs, prompt_ids, epochs=c.rm_epochs, batch_size=c.rm_batch_size, lr=c.rm_lr,
-                                 token_weight=c.rm_token_weight, generator=generator)
-        accuracy = pair_accuracy(RewardModels(**{kind: rm}), data.pairs_heldout, prompt_ids)
+                                 token_weight=c.rm_token_weight if kind == "item" else 0.0, generator=generator)
+        accuracy = pair_accuracy(RewardModels(**{kind: rm}), pairs_heldout, prompt_ids)
         counts = backbone.parameter_counts()
         backbone.save(out)
         torch.save(rm.head.state_dict(), out / "head.pt")
-        return {"parameters": counts, "n_pairs": len(pairs), "heldout_accuracy": accuracy, **log.summary()}
+        families: dict[str, int] = {}
+        for p in pairs:
+            families[p.kind] = families.get(p.kind, 0) + 1
+        return {"parameters": counts, "n_pairs": len(pairs), "n_pairs_by_family": dict(sorted(families.items())),
+                "n_heldout_pairs": len(pairs_heldout), "heldout_accuracy": accuracy, **log.summary()}
 
     def _load_reward(self, directory: Path, kind: str):
         import torch
@@ -434,7 +530,7 @@ class PageLLM(Model):
 
         return RewardModels(**{kind: self._load_reward(d, kind) for kind, d in rm_dirs.items()})
 
-    def _ppo(self, out: Path, ft_dir: Path, rm_dirs: dict, data) -> dict:
+    def _ppo(self, out: Path, ft_dir: Path, rm_dirs: dict, lists_dir: Path, data) -> dict:
         import torch
 
         from pagellm.ppo import PPOTrainer
@@ -445,28 +541,36 @@ class PageLLM(Model):
         policy = self._train_view(self._load(ft_dir))
         models = self._reward_models(rm_dirs)
         # Both models are loaded here anyway: the mixed reward's held-out accuracy is measured once.
-        accuracy = pair_accuracy(models, data.pairs_heldout, self._prompt_ids(policy, data),
+        accuracy = pair_accuracy(models, self._reward_pairs(data, lists_dir)[1], self._prompt_ids(policy, data),
                                  item_weight=c.item_weight) if self.variant == "mixed" else None
         reward = ListReward(models, self.variant, c.item_weight, c.reward_normalization)
-        trainer = PPOTrainer(policy, reward, c.ppo_settings(), seed=self._stage_seed("ppo-sampling"))
-        users = sorted(u for u in data.finetune_prompts if u in data.label_lists)
+        # Each variant samples its own rollouts: a shared stream would correlate the ablations.
+        trainer = PPOTrainer(policy, reward, c.ppo_settings(), seed=self._stage_seed(f"ppo-sampling-{self.variant}"))
+        users = self._training_users(data)
         prompts = policy.encode([data.finetune_prompts[u] for u in users], c.max_prompt_tokens,
                                 reserve=self._list_room())
         banned = [list(data.input_items.get(u, [])) for u in users]
+        watch = np.random.default_rng(self._stage_seed("ppo-monitor")).permutation(len(users))[:c.ppo_monitor_users]
+        watch = np.sort(watch)
         counts = policy.parameter_counts()
-        log = trainer.train(prompts, banned)
+        log = trainer.train(prompts, banned, monitor=([prompts[i] for i in watch], [banned[i] for i in watch]))
         policy.save(out)  # merges LoRA adapters: `policy` is not used after this
         torch.save(trainer.value.state_dict(), out / "value_head.pt")
         last = log.epochs[-1] if log.epochs else {}
         return {"parameters": counts, "n_prompts": len(prompts), "heldout_accuracy": accuracy,
-                "mean_score": last.get("score"), "kl": last.get("kl"), **log.summary()}
+                "mean_score": last.get("score"), "kl": last.get("kl"), "curve": trainer.curve, **log.summary()}
+
+    def _warn_weak_rewards(self) -> None:
+        for kind, acc in (self.reward_accuracy or {}).items():
+            if acc and acc.get("all") is not None and acc["all"] < self.config.rm_warn_below:
+                logger.warning("PageLLM %s reward model: held-out pair accuracy %.3f < %.2f on %d pairs (%s): "
+                               "near chance, so PPO has little to learn from", kind, acc["all"],
+                               self.config.rm_warn_below, acc.get("n", 0), self.split.dataset)
 
     # ------------------------------------------------------------------ ranking
     def rank(self, users: np.ndarray, k: int, history) -> np.ndarray:
         """(len(users), k) item indices by greedy item-only decoding; -1 where nothing is left."""
-        import torch
-
-        from pagellm.backbones import banned_matrix, decode_items
+        from pagellm.backbones import decode_many
 
         policy, c = self.policy, self.config
         users = np.asarray(users, dtype=np.int64)
@@ -475,14 +579,7 @@ class PageLLM(Model):
         seen = [history[r].indices.tolist() for r in range(len(users))]
         texts = [self._inference_prompt(int(u), s) for u, s in zip(users, seen)]
         prompts = policy.encode(texts, c.max_prompt_tokens, reserve=steps)
-        # Prompts of similar length share a batch: less padding (which changes logits by rounding only).
-        order = np.argsort([len(p) for p in prompts], kind="stable")
-        for start in range(0, len(users), c.rank_batch_size):
-            rows = order[start:start + c.rank_batch_size]
-            banned = banned_matrix([seen[r] for r in rows], self.split.n_items, self.device)
-            with torch.no_grad():
-                items = decode_items(policy, [prompts[r] for r in rows], banned, steps)
-            out[rows, :steps] = items.cpu().numpy()
+        out[:, :steps] = decode_many(policy, prompts, seen, steps, batch_size=c.rank_batch_size)
         return out
 
     def _inference_prompt(self, user: int, seen: list[int]) -> str:
@@ -497,8 +594,10 @@ class PageLLM(Model):
         stages = {}
         for name, record in getattr(self, "stages", {}).items():
             stages[name] = {k: record.get(k) for k in ("cached", "seconds", "seconds_per_epoch", "memory", "parameters",
-                                                       "epochs", "best_epoch", "valid", "n_pairs", "n_examples",
-                                                       "mean_score", "kl") if record.get(k) is not None}
+                                                       "epochs", "best_epoch", "valid", "n_pairs", "n_pairs_by_family",
+                                                       "n_heldout_pairs", "n_examples", "mean_score", "kl", "n_users",
+                                                       "jaccard20_greedy_sampled", "label_share_in_greedy_head")
+                            if record.get(k) is not None}
         peaks = [r.get("memory", {}) for r in getattr(self, "stages", {}).values()]
         info = {
             "variant": self.variant,
@@ -514,6 +613,7 @@ class PageLLM(Model):
         }
         if "ppo" in stages:
             info["ppo"] = {"mean_score": stages["ppo"].get("mean_score"), "kl": stages["ppo"].get("kl")}
+            info["ppo_curve"] = self.stages["ppo"].get("curve")
         return info
 
 

@@ -29,6 +29,26 @@ the prompt and the items before t. Dropout is off in every PPO forward pass, so 
 ratio of a batch is 1 and the KL of the untouched policy is 0.
 
 An epoch is one pass over the training prompts in batches of `batch_size`.
+
+Rollouts sample from the policy at `temperature` (below 1 by default outside the paper preset:
+a freshly fine-tuned policy is close to flat over thousands of items, so samples at
+temperature 1 move the tail while the greedy page is set by the head). The tempered
+distribution softmax(logits / temperature) IS the policy everywhere: rollout, update, KL to
+the reference and entropy, so the importance ratio is exact (top-k or nucleus truncation would
+make the sampling distribution differ from the one updated, so they are not offered).
+
+KL coefficient: fixed (`kl_target` = 0), or adaptive (Ziegler et al. 2019, Section 2.2, as in
+TRL's AdaptiveKLController): after each rollout, with KL = the mean over lists of
+sum_t (logp - logp_ref), e = clip(KL / kl_target - 1, -0.2, 0.2) and
+kl_coef <- kl_coef * (1 + e * B / kl_horizon), B the rollout's number of lists.
+
+Monitoring (`PPOTrainer.train(..., monitor=...)`): before the first update and after each
+epoch, the greedy lists (length `list_len`) of a fixed set of prompts are decoded from the
+current policy and scored by the reward's raw sequence score (`reward_fn.sequence_score` when
+it has one, else the sum of its per-token rewards); the fine-tuned policy's greedy lists of the
+same prompts are kept from the first pass. One row per epoch (row 0 = before any update):
+reward_greedy_sft, reward_greedy, jaccard20_sft (mean Jaccard of the two greedy top-20 lists),
+and the epoch's update statistics approx_kl, clipfrac, entropy, vf_loss, kl, kl_coef, score.
 """
 
 from __future__ import annotations
@@ -64,6 +84,8 @@ class PPOSettings:
     gamma: float = 1.0           # paper (5.2.2): gamma = 1
     lam: float = 0.95
     temperature: float = 1.0
+    kl_target: float = 0.0       # > 0: adaptive KL coefficient aiming at this KL per list
+    kl_horizon: int = 10000
 
 
 def value_head(backbone: Backbone):
@@ -92,6 +114,28 @@ def gae(rewards, values, mask, gamma: float, lam: float):
     return adv, adv + values
 
 
+class AdaptiveKLController:
+    """Ziegler et al. 2019's proportional controller of the KL coefficient (module docstring)."""
+
+    def __init__(self, value: float, target: float, horizon: int) -> None:
+        self.value, self.target, self.horizon = float(value), float(target), int(horizon)
+
+    def update(self, kl: float, n_lists: int) -> None:
+        if self.target <= 0:
+            return
+        error = float(np.clip(kl / self.target - 1.0, -0.2, 0.2))
+        self.value *= 1.0 + error * n_lists / self.horizon
+
+
+def jaccard_at(a, b, k: int = 20) -> np.ndarray:
+    """(B, T) item lists (-1 = padding), twice -> (B,) Jaccard of the two top-k item sets."""
+    out = []
+    for x, y in zip(np.asarray(a)[:, :k].tolist(), np.asarray(b)[:, :k].tolist()):
+        sx, sy = {i for i in x if i >= 0}, {i for i in y if i >= 0}
+        out.append(len(sx & sy) / len(sx | sy) if sx | sy else 1.0)
+    return np.asarray(out, dtype=np.float64)
+
+
 def _whiten(x, mask):
     sel = x[mask]
     if sel.numel() < 2:
@@ -115,6 +159,7 @@ class PPOTrainer:
         self.value = value_head(policy)
         self.params = policy.parameters(trainable_only=True) + list(self.value.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=settings.lr)
+        self.kl = AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
 
     # ------------------------------------------------------------------ forward passes
     def _forward(self, backbone: Backbone, batch: ListBatch, banned, with_values: bool):
@@ -149,7 +194,7 @@ class PPOTrainer:
             ref = _taken(self._reference_logp(batch, banned), items)
             scores, reward_stats = self.reward_fn(prompts, items)
             kl = (old - ref) * mask
-            rewards = scores * mask - self.s.kl_coef * kl
+            rewards = scores * mask - self.kl.value * kl
             adv, returns = gae(rewards, values * mask, mask, self.s.gamma, self.s.lam)
             adv = _whiten(adv, mask)
         return {"batch": batch, "banned": banned, "items": items, "mask": mask, "logp": old, "values": values * mask,
@@ -199,15 +244,68 @@ class PPOTrainer:
 
     def step(self, prompts: Sequence[Sequence[int]], banned) -> dict:
         ro = self.rollout(prompts, banned)
-        return {**ro["stats"], **self.update(ro)}
+        stats = {**ro["stats"], **self.update(ro)}
+        self.kl.update(stats["kl"], len(prompts))
+        return {**stats, "kl_coef": self.kl.value}
 
-    def train(self, prompts: Sequence[Sequence[int]], banned_rows: Sequence[Sequence[int]]) -> EpochLog:
-        """`epochs` passes over (prompt, banned items) examples in batches of `batch_size`."""
+    def greedy_lists(self, prompts: Sequence[Sequence[int]], banned_rows: Sequence[Sequence[int]],
+                     batch_size: int = 128):
+        """(len(prompts), list_len) greedy item lists of the current policy (batched, KV cache)."""
+        import torch
+
+        from pagellm.backbones import banned_matrix
+
+        self.policy.model.eval()
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            rows = range(start, min(start + batch_size, len(prompts)))
+            banned = banned_matrix([banned_rows[i] for i in rows], self.policy.tokens.n_items, self.policy.device)
+            with torch.no_grad():
+                out.append(decode_items(self.policy, [prompts[i] for i in rows], banned, self.s.list_len))
+        return torch.cat(out) if out else torch.zeros((0, self.s.list_len), dtype=torch.long)
+
+    def _score_lists(self, prompts, items, batch_size: int = 128) -> float:
+        import torch
+
+        scores = []
+        for start in range(0, len(prompts), batch_size):
+            part, rows = prompts[start:start + batch_size], items[start:start + batch_size]
+            with torch.no_grad():
+                if hasattr(self.reward_fn, "sequence_score"):
+                    scores.append(self.reward_fn.sequence_score(part, rows).float().cpu())
+                else:
+                    scores.append(self.reward_fn(part, rows)[0].float().sum(1).cpu())
+        return float(torch.cat(scores).mean()) if scores else float("nan")
+
+    def _monitor_row(self, epoch: int, monitor: dict, stats: dict | None) -> dict:
+        lists = self.greedy_lists(monitor["prompts"], monitor["banned"])
+        if "sft_lists" not in monitor:  # the first call sees the fine-tuned policy
+            monitor["sft_lists"] = lists
+            monitor["sft_reward"] = self._score_lists(monitor["prompts"], lists)
+        stats = stats or {}
+        row = {"epoch": epoch, "reward_greedy_sft": monitor["sft_reward"],
+               "reward_greedy": self._score_lists(monitor["prompts"], lists),
+               "jaccard20_sft": float(jaccard_at(monitor["sft_lists"].cpu(), lists.cpu(), 20).mean())}
+        for key in ("approx_kl", "clipfrac", "entropy", "vf_loss", "kl", "score"):
+            row[key] = stats.get(key)
+        row["kl_coef"] = self.kl.value
+        return {k: (round(float(v), 6) if v is not None else None) if k != "epoch" else v for k, v in row.items()}
+
+    def train(self, prompts: Sequence[Sequence[int]], banned_rows: Sequence[Sequence[int]], *,
+              monitor: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None) -> EpochLog:
+        """`epochs` passes over (prompt, banned items) examples in batches of `batch_size`.
+
+        monitor: (prompts, banned rows) whose greedy lists are tracked per epoch (module
+        docstring); the rows land in ``self.curve``."""
         import torch
 
         from pagellm.backbones import banned_matrix
 
         log = EpochLog()
+        self.curve: list[dict] = []
+        watch = {"prompts": list(monitor[0]), "banned": list(monitor[1])} if monitor else None
+        if watch:
+            self.curve.append(self._monitor_row(0, watch, None))
         for epoch in epoch_bar(self.s.epochs, "pagellm PPO"):
             t0 = time.perf_counter()
             stats = []
@@ -217,8 +315,11 @@ class PPOTrainer:
                 banned = banned_matrix([banned_rows[i] for i in idx], self.policy.tokens.n_items, self.policy.device)
                 stats.append(self.step([prompts[i] for i in idx], banned))
             keys = stats[0].keys() if stats else ()
-            log.add(time.perf_counter() - t0, **{k: float(np.mean([s[k] for s in stats if k in s])) for k in keys})
-            logger.info("PPO epoch %d: %s", epoch, log.epochs[-1])
+            means = {k: float(np.mean([s[k] for s in stats if k in s])) for k in keys}
+            log.add(time.perf_counter() - t0, **means)
+            if watch:
+                self.curve.append(self._monitor_row(epoch + 1, watch, means))
+            logger.info("PPO epoch %d: %s", epoch, self.curve[-1] if watch else log.epochs[-1])
         self.policy.model.eval()
         return log
 

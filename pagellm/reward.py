@@ -9,12 +9,16 @@ reading the prompt followed by the list's item tokens (`pagellm.backbones.ListBa
     loss  (eq. 8)  -log sigmoid(R(chosen) - R(rejected)), mean over pairs  (the same form for both)
     mixed          R = R_page + item_weight * R_item                       (not trained: a sum)
 
-Pairs (Appendix A.3): the page model trains on every family; the item model on the families
-that carry token-level supervision (ranked, diversity, redundancy; "preference pairs are used
-only for page-level supervision", A.3.1), or on every family when a dataset has none of those.
-`token_weight` > 0 adds, for the item model only, a per-token binary cross-entropy pulling
-sigmoid(r_t) towards the pair's position labels (1 = the chosen item is kept there): an option
-beyond eq. 8, off by default.
+Pairs: those of `pagellm.pairs`, i.e. the data module's four families (Appendix A.3) completed
+to the rollout length, plus the on-policy families; both models train on every family. (The
+paper keeps preference pairs for page-level supervision only, A.3.1; here their per-position
+labels, 0 where a low-rated or random item was put, also train the item model: without them
+the on-policy pairs, whose rejected items are the policy's own favourites, teach the item model
+the shortcut "an item the policy would not pick is good", measured as held-out accuracy below
+chance on the edit families.) `token_weight` > 0 (default 1) adds, for the item model only,
+the paper's fine-grained signal: a per-token binary cross-entropy pulling sigmoid(r_t) towards
+the pair's position labels (1 = the chosen item is kept there, 0 = it is not; positions
+labelled -1 carry no token loss), beside eq. 8.
 
 Accuracy = share of held-out pairs with R(chosen) > R(rejected) (a tie counts one half).
 
@@ -43,7 +47,6 @@ from pagellm.sft import EpochLog, batches, optimizer, step
 logger = logging.getLogger(__name__)
 
 KINDS = ("page", "item")
-ITEM_FAMILIES = ("ranked", "diversity", "redundancy")
 
 
 def _module(backbone: Backbone, kind: str):
@@ -105,14 +108,10 @@ def new_reward_model(backbone: Backbone, kind: str):
 
 
 def pairs_for(kind: str, pairs: Sequence) -> list:
-    """The training pairs of a reward model of `kind` (see the module docstring)."""
-    if kind == "page":
-        return list(pairs)
-    fine = [p for p in pairs if p.kind in ITEM_FAMILIES]
-    if not fine and pairs:
-        logger.warning("no ranked/diversity/redundancy pairs: the item-level reward model trains on every pair")
-        return list(pairs)
-    return fine
+    """The training pairs of a reward model of `kind`: every pair, for both kinds (module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"reward kind must be one of {KINDS}, not {kind!r}")
+    return list(pairs)
 
 
 def train_reward_model(rm, pairs: Sequence, prompt_ids: Mapping[int, list[int]], *, epochs: int, batch_size: int,
@@ -140,8 +139,10 @@ def train_reward_model(rm, pairs: Sequence, prompt_ids: Mapping[int, list[int]],
             if token_weight > 0 and tokens is not None:
                 labels = _labels([r.chosen_labels for r in rows] + [r.rejected_labels for r in rows], tokens.shape,
                                  tokens.device)
-                bce = F.binary_cross_entropy_with_logits(tokens, labels, reduction="none")
-                loss = loss + token_weight * bce[mask].mean()
+                known = mask & (labels >= 0)
+                if known.any():
+                    bce = F.binary_cross_entropy_with_logits(tokens, labels.clamp(min=0), reduction="none")
+                    loss = loss + token_weight * bce[known].mean()
             step(opt, loss, params)
             margin = margin.detach()
             total += float(loss.detach()) * b
@@ -154,9 +155,10 @@ def train_reward_model(rm, pairs: Sequence, prompt_ids: Mapping[int, list[int]],
 
 
 def _labels(rows: Sequence[Sequence[int]], shape, device):
+    """(rows of 1 / 0 / -1 labels) -> (B, T) float tensor, -1 (no label) beyond each row."""
     import torch
 
-    out = torch.zeros(shape, device=device)
+    out = torch.full(shape, -1.0, device=device)
     for r, labels in enumerate(rows):
         out[r, :len(labels)] = torch.as_tensor(labels, dtype=torch.float32, device=device)
     return out
@@ -231,6 +233,19 @@ class ListReward:
         if missing:
             raise ValueError(f"the {self.variant} reward needs the {', '.join(missing)} reward model(s)")
         self.page_moments, self.item_moments = RunningMoments(), RunningMoments()
+
+    def sequence_score(self, prompts: Sequence[Sequence[int]], items):
+        """(B,) raw sequence reward of the variant (R_page + w R_item, R_page or R_item), with no
+        normalisation and no update of the running moments: for monitoring PPO."""
+        import torch
+
+        raw = torch.zeros(items.shape[0], device=items.device)
+        with torch.no_grad():
+            if self.variant in ("mixed", "item"):
+                raw = raw + (self.item_weight if self.variant == "mixed" else 1.0) * self.models.item(prompts, items)[0]
+            if self.variant in ("mixed", "page"):
+                raw = raw + self.models.page(prompts, items)[0]
+        return raw
 
     def __call__(self, prompts: Sequence[Sequence[int]], items):
         import torch

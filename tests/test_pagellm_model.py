@@ -231,7 +231,7 @@ def test_stages_are_skipped_on_rerun_and_shared_across_variants(sft, workspace, 
     mixed.fit(tiny_split, PageLLMConfig(**FAST), _workdir(workspace, tiny_split, "pagellm"))
     info = mixed.extra_result()
     assert {k: v["cached"] for k, v in info["stages"].items()} == {
-        "pretrain": True, "finetune": True, "reward-page": False, "reward-item": False, "ppo": False}
+        "pretrain": True, "finetune": True, "lists": False, "reward-page": False, "reward-item": False, "ppo": False}
     assert set(info["reward_accuracy"]) == {"page", "item", "mixed"}
     assert all(0 <= a["all"] <= 1 for a in info["reward_accuracy"].values())
     assert np.isfinite(info["ppo"]["mean_score"]) and np.isfinite(info["ppo"]["kl"])
