@@ -118,6 +118,14 @@ class PageLLMConfig(ModelConfig):
         "help": "reward pairs: complete every pair to the rollout length with the fine-tuned policy's greedy list "
                 "and add on-policy pairs (golden page vs the policy's greedy and sampled lists); off = the data "
                 "module's pairs as they are"})
+    rm_valid_fraction: float = field(default=0.1, metadata={
+        "help": "share of the reward models' training users whose pairs choose the number of epochs (0 = none)"})
+    rm_patience: int = field(default=2, metadata={
+        "help": "reward models stop after this many epochs without a better validation pair accuracy and keep "
+                "the best epoch (0 = train rm_epochs, keep the last)"})
+    rm_item_logprob: bool = field(default=True, metadata={
+        "help": "item reward r_t = head(h_t) + log p(item_t | context) under the reward model's own LM head "
+                "(off = head(h_t) only, eq. 6 as written)"})
     rm_warn_below: float = field(default=0.6, metadata={
         "help": "log a warning when a reward model's held-out pair accuracy is below this"})
     item_weight: float = field(default=1.0, metadata={"help": "w in the mixed reward R_page + w * R_item"})
@@ -187,7 +195,8 @@ _STAGE_FIELDS = {
     "finetune": ("finetune_epochs", "finetune_batch_size", "finetune_lr", "patience", "valid_metric",
                  "inference_prompt"),
     "lists": ("ppo_list_len", "temperature"),
-    "reward": ("rm_epochs", "rm_batch_size", "rm_lr", "rm_token_weight", "rm_on_policy"),
+    "reward": ("rm_epochs", "rm_batch_size", "rm_lr", "rm_token_weight", "rm_on_policy", "rm_valid_fraction",
+               "rm_patience", "rm_item_logprob"),
     "ppo": ("ppo_epochs", "ppo_batch_size", "ppo_mini_batch_size", "ppo_inner_epochs", "ppo_list_len", "ppo_lr",
             "kl_coef", "kl_target", "kl_horizon", "clip_range", "clip_range_value", "vf_coef", "ent_coef", "gamma",
             "lam", "temperature", "reward_normalization", "item_weight", "ppo_monitor_users"),
@@ -498,12 +507,13 @@ class PageLLM(Model):
         c = self.config
         generator = self._generator(f"reward-{kind}")
         backbone = self._train_view(self._load(ft_dir))
-        rm = new_reward_model(backbone, kind)
+        rm = new_reward_model(backbone, kind, logprob=kind == "item" and c.rm_item_logprob)
         pairs_train, pairs_heldout = self._reward_pairs(data, lists_dir)
-        pairs = pairs_for(kind, pairs_train)
+        pairs, valid = self._valid_split(pairs_for(kind, pairs_train))
         prompt_ids = self._prompt_ids(backbone, data)
         log = train_reward_model(rm, pairs, prompt_ids, epochs=c.rm_epochs, batch_size=c.rm_batch_size, lr=c.rm_lr,
-                                 token_weight=c.rm_token_weight if kind == "item" else 0.0, generator=generator)
+                                 token_weight=c.rm_token_weight if kind == "item" else 0.0, generator=generator,
+                                 valid_pairs=valid, patience=c.rm_patience)
         accuracy = pair_accuracy(RewardModels(**{kind: rm}), pairs_heldout, prompt_ids)
         counts = backbone.parameter_counts()
         backbone.save(out)
@@ -512,14 +522,24 @@ class PageLLM(Model):
         for p in pairs:
             families[p.kind] = families.get(p.kind, 0) + 1
         return {"parameters": counts, "n_pairs": len(pairs), "n_pairs_by_family": dict(sorted(families.items())),
-                "n_heldout_pairs": len(pairs_heldout), "heldout_accuracy": accuracy, **log.summary()}
+                "n_valid_pairs": len(valid), "n_heldout_pairs": len(pairs_heldout), "heldout_accuracy": accuracy,
+                **log.summary()}
+
+    def _valid_split(self, pairs: list) -> tuple[list, list]:
+        """(training pairs, validation pairs): the pairs of a seeded `rm_valid_fraction` of the users
+        (at least one, when asked for and there are two or more) choose the reward models' epochs."""
+        users = sorted({p.user for p in pairs})
+        n = min(len(users) - 1, max(1, round(self.config.rm_valid_fraction * len(users)))) \
+            if self.config.rm_valid_fraction > 0 and self.config.rm_patience > 0 and len(users) >= 2 else 0
+        chosen = set(np.random.default_rng(self._stage_seed("rm-valid")).permutation(users)[:n].tolist())
+        return [p for p in pairs if p.user not in chosen], [p for p in pairs if p.user in chosen]
 
     def _load_reward(self, directory: Path, kind: str):
         import torch
 
         from pagellm.reward import new_reward_model
 
-        rm = new_reward_model(self._load(directory), kind)
+        rm = new_reward_model(self._load(directory), kind, logprob=kind == "item" and self.config.rm_item_logprob)
         rm.head.load_state_dict(torch.load(directory / "head.pt", map_location=self.device, weights_only=True))
         for p in rm.parameters():
             p.requires_grad_(False)
@@ -595,7 +615,7 @@ class PageLLM(Model):
         for name, record in getattr(self, "stages", {}).items():
             stages[name] = {k: record.get(k) for k in ("cached", "seconds", "seconds_per_epoch", "memory", "parameters",
                                                        "epochs", "best_epoch", "valid", "n_pairs", "n_pairs_by_family",
-                                                       "n_heldout_pairs", "n_examples", "mean_score", "kl", "n_users",
+                                                       "n_valid_pairs", "n_heldout_pairs", "n_examples", "mean_score", "kl", "n_users",
                                                        "jaccard20_greedy_sampled", "label_share_in_greedy_head")
                             if record.get(k) is not None}
         peaks = [r.get("memory", {}) for r in getattr(self, "stages", {}).values()]

@@ -124,6 +124,7 @@ class EpochLog:
 
     def __init__(self) -> None:
         self.epochs = []
+        self.best_epoch: int | None = None  # set by a stage that restores its best epoch
 
     def add(self, seconds: float, **values: float) -> None:
         self.epochs.append({"epoch": len(self.epochs), "seconds": round(seconds, 3),
@@ -131,7 +132,8 @@ class EpochLog:
 
     def summary(self) -> dict:
         seconds = [e["seconds"] for e in self.epochs]
-        return {"epochs": self.epochs, "seconds_per_epoch": round(float(np.mean(seconds)), 3) if seconds else None}
+        out = {"epochs": self.epochs, "seconds_per_epoch": round(float(np.mean(seconds)), 3) if seconds else None}
+        return {**out, "best_epoch": self.best_epoch} if self.best_epoch is not None else out
 
 
 def pretrain(backbone: Backbone, texts: Sequence[str], ratings: Sequence[tuple[int, int, float, str]], *,
