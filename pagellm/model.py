@@ -68,7 +68,8 @@ INFERENCE_PROMPTS = ("history", "train-input")
 class PageLLMConfig(ModelConfig):
     # --- backbone
     backbone: str = field(default="gpt2", metadata={
-        "help": "tiny | gpt2 (paper) | smollm2-135m (offline) | llama-3.2-1b (paper, Table 3)"})
+        "help": "tiny | gpt2-random (GPT-2's size, random, offline) | gpt2 (paper) | smollm2-135m (offline) | "
+                "llama-3.2-1b (paper, Table 3)"})
     backbone_path: str = field(default="", metadata={
         "help": "hub name or local directory replacing the default of gpt2 / llama-3.2-1b"})
     lora: str = field(default="auto", metadata={"help": "auto (on for llama-3.2-1b only) | on | off"})
@@ -466,7 +467,7 @@ class PageLLM(Model):
                                      "sampled": [i for i in x if i >= 0]}) + "\n")
         label_hits = [len(set(data.label_lists[u]) & set(g[:len(data.label_lists[u])])) / len(data.label_lists[u])
                       for u, g in zip(users, greedy.tolist())]
-        return {"n_users": len(users), "list_len": steps,
+        return {"parameters": policy.parameter_counts(), "n_users": len(users), "list_len": steps,
                 "jaccard20_greedy_sampled": round(float(jaccard_at(greedy, sampled, 20).mean()), 4) if users else None,
                 "label_share_in_greedy_head": round(float(np.mean(label_hits)), 4) if users else None}
 

@@ -36,8 +36,11 @@ def test_every_registered_model_runs_the_smoke_preset(tmp_path, capsys):
         for stage, record in model_info["stages"].items():
             assert record["seconds"] > 0 and record["memory"]["peak_rss_mb"] > 0, (name, stage)
             assert 0 < record["parameters"]["trainable"] <= record["parameters"]["total"], (name, stage)
-    assert set(info["pagellm"]["stages"]) == {"pretrain", "finetune", "reward-page", "reward-item", "ppo"}
+    assert set(info["pagellm"]["stages"]) == {"pretrain", "finetune", "lists", "reward-page", "reward-item", "ppo"}
     assert set(info["pagellm-sft"]["stages"]) == {"pretrain", "finetune"}
     computed = [(n, s) for n, i in info.items() for s, r in i["stages"].items() if s != "ppo" and not r["cached"]]
-    assert sorted(s for _, s in computed) == ["finetune", "pretrain", "reward-item", "reward-page"]
+    assert sorted(s for _, s in computed) == ["finetune", "lists", "pretrain", "reward-item", "reward-page"]
     assert set(info["pagellm"]["reward_accuracy"]) == {"page", "item", "mixed"}
+    # One PPO curve row per epoch plus the fine-tuned policy's; none without a reward.
+    assert [row["epoch"] for row in info["pagellm-page"]["ppo_curve"]] == [0, 1]
+    assert info["pagellm-sft"].get("ppo_curve") is None

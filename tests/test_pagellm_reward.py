@@ -204,3 +204,16 @@ def test_monitoring_scores_do_not_move_the_reward_normalisation():
     assert torch.allclose(raw, scores["mixed"])
     reward(prompts, items)
     assert reward.page_moments.n == 3
+
+
+def test_the_run_log_warns_about_a_reward_model_near_chance(caplog):
+    from types import SimpleNamespace
+
+    model = PageLLM()
+    model.config = PageLLMConfig(backbone="tiny")
+    model.split = SimpleNamespace(dataset="toy")
+    model.reward_accuracy = {"page": {"all": 0.55, "n": 40}, "item": {"all": 0.81, "n": 40}, "mixed": None}
+    with caplog.at_level("WARNING", logger="pagellm.model"):
+        model._warn_weak_rewards()
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "page reward model" in warned[0] and "0.550" in warned[0], warned
