@@ -27,7 +27,7 @@ SETTINGS = dict(backbone="tiny", device="cpu", max_prompt_tokens=128, data_max_h
                 pretrain_epochs=1, pretrain_batch_size=64, pretrain_lr=3e-3, finetune_epochs=6,
                 finetune_batch_size=32, finetune_lr=3e-3, patience=2, rm_epochs=6, rm_batch_size=32, rm_lr=1e-3,
                 ppo_epochs=3, ppo_batch_size=64, ppo_mini_batch_size=32, ppo_inner_epochs=2, ppo_list_len=20,
-                ppo_lr=1e-4, temperature=0.5, kl_target=2.0, kl_horizon=1000, rank_batch_size=128)
+                ppo_lr=1e-4, temperature=0.5, kl_target=6.0, kl_horizon=1000, rank_batch_size=128)
 
 
 @pytest.fixture(scope="module")
