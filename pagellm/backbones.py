@@ -323,8 +323,8 @@ def _tiny(n_users: int, n_items: int, texts: Iterable[str] | None, seed: int, *,
     core.pre_tokenizer = pre
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
                                         eos_token="[EOS]", bos_token="[EOS]")
-    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=1024, vocab_size=len(vocab) + n_users + n_items,
-                        bos_token_id=2, eos_token_id=2, pad_token_id=0)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=1024,
+                        vocab_size=len(vocab) + n_users + n_items, bos_token_id=2, eos_token_id=2, pad_token_id=0)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)

@@ -204,6 +204,12 @@ _STAGE_FIELDS = {
 }
 
 
+# What each stage's record contributes to the result's model_info.stages.
+_REPORTED_STAGE_FIELDS = ("cached", "seconds", "seconds_per_epoch", "memory", "parameters", "epochs", "best_epoch",
+                          "valid", "n_pairs", "n_pairs_by_family", "n_valid_pairs", "n_heldout_pairs", "n_examples",
+                          "mean_score", "kl", "n_users", "jaccard20_greedy_sampled", "label_share_in_greedy_head")
+
+
 def shared_dir(workdir: Path) -> Path:
     """Where the variant-independent stages of this job live (see the module docstring)."""
     workdir = Path(workdir)
@@ -457,8 +463,9 @@ class PageLLM(Model):
         banned = [list(data.input_items.get(u, [])) for u in users]
         steps = min(c.ppo_list_len, self.split.n_items)
         greedy = decode_many(policy, prompts, banned, steps, batch_size=c.rank_batch_size)
-        sampler = torch.Generator(device=policy.device).manual_seed(int(torch.randint(2**62, (1,),
-                                                                                     generator=generator)))
+        # The sampling stream is drawn from the stage's generator (the draw happens on the model's device).
+        sampler = torch.Generator(device=policy.device).manual_seed(
+            int(torch.randint(2**62, (1,), generator=generator)))
         sampled = decode_many(policy, prompts, banned, steps, batch_size=c.rank_batch_size, sample=True,
                               temperature=c.temperature, generator=sampler)
         with open(out / "lists.jsonl", "w", encoding="utf-8") as fh:
@@ -614,11 +621,7 @@ class PageLLM(Model):
 
         stages = {}
         for name, record in getattr(self, "stages", {}).items():
-            stages[name] = {k: record.get(k) for k in ("cached", "seconds", "seconds_per_epoch", "memory", "parameters",
-                                                       "epochs", "best_epoch", "valid", "n_pairs", "n_pairs_by_family",
-                                                       "n_valid_pairs", "n_heldout_pairs", "n_examples", "mean_score", "kl", "n_users",
-                                                       "jaccard20_greedy_sampled", "label_share_in_greedy_head")
-                            if record.get(k) is not None}
+            stages[name] = {k: record.get(k) for k in _REPORTED_STAGE_FIELDS if record.get(k) is not None}
         peaks = [r.get("memory", {}) for r in getattr(self, "stages", {}).values()]
         info = {
             "variant": self.variant,

@@ -67,8 +67,10 @@ def summarise(root: Path, dataset: str, settings: dict, wall: float) -> str:
     lines = [f"# PageLLM on the GPU: {dataset}, {settings['pagellm.backbone']}", "", PAPER, "",
              f"Whole run (4 variants, shared stages once): {wall:.0f} s. Settings: "
              + ", ".join(f"`{k}={v}`" for k, v in settings.items()), "",
-             "| model | stage | seconds | s/epoch | peak GPU MB | parameters | cached |", "|---|---|---|---|---|---|---|"]
-    metrics = ["| model | recall@20 | ndcg@20 | reward accuracy (page / item / mixed) | device |", "|---|---|---|---|---|"]
+             "| model | stage | seconds | s/epoch | peak GPU MB | parameters | cached |",
+             "|---|---|---|---|---|---|---|"]
+    metrics = ["| model | recall@20 | ndcg@20 | reward accuracy (page / item / mixed) | device |",
+               "|---|---|---|---|---|"]
     for model in VARIANTS:
         files = sorted((root / "results" / "runs" / "reward-cpu" / dataset).glob(f"*/{model}/seed0.json"))
         if not files:
