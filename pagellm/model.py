@@ -510,14 +510,14 @@ class PageLLM(Model):
     def _reward(self, out: Path, kind: str, ft_dir: Path, lists_dir: Path, data) -> dict:
         import torch
 
-        from pagellm.reward import RewardModels, new_reward_model, pair_accuracy, pairs_for, train_reward_model
+        from pagellm.reward import RewardModels, new_reward_model, pair_accuracy, train_reward_model
 
         c = self.config
         generator = self._generator(f"reward-{kind}")
         backbone = self._train_view(self._load(ft_dir))
         rm = new_reward_model(backbone, kind, logprob=kind == "item" and c.rm_item_logprob)
         pairs_train, pairs_heldout = self._reward_pairs(data, lists_dir)
-        pairs, valid = self._valid_split(pairs_for(kind, pairs_train))
+        pairs, valid = self._valid_split(pairs_train)  # both kinds train on every family
         prompt_ids = self._prompt_ids(backbone, data)
         log = train_reward_model(rm, pairs, prompt_ids, epochs=c.rm_epochs, batch_size=c.rm_batch_size, lr=c.rm_lr,
                                  token_weight=c.rm_token_weight if kind == "item" else 0.0, generator=generator,

@@ -122,13 +122,6 @@ def new_reward_model(backbone: Backbone, kind: str, logprob: bool = False):
     return _module(backbone, kind, logprob)
 
 
-def pairs_for(kind: str, pairs: Sequence) -> list:
-    """The training pairs of a reward model of `kind`: every pair, for both kinds (module docstring)."""
-    if kind not in KINDS:
-        raise ValueError(f"reward kind must be one of {KINDS}, not {kind!r}")
-    return list(pairs)
-
-
 def train_reward_model(rm, pairs: Sequence, prompt_ids: Mapping[int, list[int]], *, epochs: int, batch_size: int,
                        lr: float, token_weight: float = 0.0, generator=None, valid_pairs: Sequence = (),
                        patience: int = 0) -> EpochLog:

@@ -78,7 +78,7 @@ def test_on_policy_pairs_put_the_golden_page_against_the_policy_lists():
     assert {p.user for p in built} == {5}
 
 
-def test_unlabelled_positions_carry_no_token_loss(tiny_split):
+def test_unlabelled_positions_carry_no_token_loss():
     from pagellm.backbones import load_backbone
 
     texts = [f"<u_{u}> is shown a page:" for u in range(4)]
