@@ -155,11 +155,14 @@ def cmd_run(args) -> int:
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
-    preset_name = args.preset or ("smoke" if not (args.models or args.datasets) else "default")
+    preset_name = args.preset or ("smoke" if args.models is None and args.datasets is None else "default")
     preset = cfg.load_preset(preset_name)
     overrides = cfg.parse_overrides(args.overrides)
     judge_overrides = overrides.pop("judge", {})
     jobs = plan(preset, ws, models=args.models, datasets=args.datasets, seeds=args.seeds, overrides=overrides)
+    if not jobs:
+        raise BenchError(f"nothing to run: preset {preset.name} has no job for these --models/--datasets "
+                         "(see `bench ls presets`)")
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
     if args.jobs < 1:
         raise BenchError("--jobs must be at least 1")

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench import config as cfg
-from bench.data.datasets import ensure_split, resolve_datasets
+from bench.data.datasets import EMBEDDED, ensure_split, resolve_datasets
 from bench.data.splits import Split, SplitSpec
 from bench.errors import BenchError, NotApplicable
 from bench.io import atomic_path, hash_json, write_json_atomic, write_text_atomic
@@ -74,18 +74,16 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
     """Expand a preset (narrowed by --models/--datasets/--seeds, changed by --set) into jobs."""
     overrides = dict(overrides or {})
     aliases = preset.aliases
-    requested = models or list(preset.models)
-    if isinstance(requested, str):
-        requested = requested.split(",")
-    requested = [m.strip() for m in requested if m.strip()]
+    requested = _selection("models", models, preset.models, "`bench ls models`")
     # A preset may run one registered model under several names and settings ("aliases").
     model_names: list[str] = []
     for name in requested:
         for resolved in ([name] if name in aliases else MODELS.resolve(name)):
             if resolved not in model_names:
                 model_names.append(resolved)
-    dataset_names = resolve_datasets(datasets or list(preset.datasets), ws)
-    seed_list = [int(s) for s in (seeds if seeds is not None else preset.seeds)]
+    requested_datasets = _selection("datasets", datasets, preset.datasets or EMBEDDED, "`bench ls datasets`")
+    dataset_names = resolve_datasets(requested_datasets, ws)
+    seed_list = check_seeds(seeds if seeds is not None else preset.seeds)
     split_over = overrides.pop("split", {})
     # A preset's split may name the models it is for (e.g. the cold-start split of `smoke`).
     splits, split_models = [], []
@@ -119,6 +117,33 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
             if only is None or m in only for seed in seed_list]
     # `--set split.cold_start=true` can make two split entries equal: one job each.
     return list({job.key: job for job in jobs}.values())
+
+
+def _selection(what: str, given, default, listing: str) -> list[str]:
+    """The names of --models / --datasets (the preset's when not given); an empty one is an error,
+    never "everything"."""
+    names = default if given is None else given
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if not names:
+        raise BenchError(f"--{what} names no {what[:-1]}: give names from {listing} separated by commas, "
+                         "or 'all'")
+    return names
+
+
+def check_seeds(seeds) -> list[int]:
+    """Seeds as ints: at least one, none negative (result files are seed<N>.json)."""
+    try:
+        out = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise BenchError(f"seeds must be integers, not {seeds!r}") from None
+    if not out:
+        raise BenchError("--seeds names no seed: give one or more non-negative integers, e.g. --seeds 0,1,2")
+    negative = [s for s in out if s < 0]
+    if negative:
+        raise BenchError(f"seed {negative[0]} is negative: seeds are non-negative integers, e.g. --seeds 0,1,2")
+    return list(dict.fromkeys(out))
 
 
 def seed_everything(seed: int) -> None:
