@@ -151,7 +151,7 @@ def cmd_ls(args) -> int:
 
 def cmd_run(args) -> int:
     from bench import config as cfg
-    from bench.runner import plan, run_grid
+    from bench.runner import missing_data, plan, run_grid
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
@@ -166,6 +166,14 @@ def cmd_run(args) -> int:
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
     if args.jobs < 1:
         raise BenchError("--jobs must be at least 1")
+    # Checked before the grid, reported once: the data to download.
+    not_run = 0
+    missing = {} if args.download else missing_data(jobs, ws)
+    if missing:
+        waiting = [j for j in jobs if j.dataset in missing]
+        jobs = [j for j in jobs if j.dataset not in missing]
+        not_run += len(waiting)
+        print(_missing_summary(missing, ws, len(waiting)), file=sys.stderr)
     scheduler = None
     if args.executor == "dask":
         import os
@@ -193,8 +201,17 @@ def cmd_run(args) -> int:
         paths = write_leaderboard(ws)
         print(f"leaderboard: {paths[0]}")
     print(f"summary: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed"
-          + (f", {counts['n/a']} not applicable" if counts["n/a"] else ""))
-    return 1 if counts["failed"] or judge_failed else 0
+          + (f", {counts['n/a']} not applicable" if counts["n/a"] else "")
+          + (f", {not_run} not run (see above)" if not_run else ""))
+    return 1 if counts["failed"] or judge_failed or not_run else 0
+
+
+def _missing_summary(missing: dict, ws, n_jobs: int) -> str:
+    """One message for every dataset whose raw files are not there, with the command that fixes it."""
+    names = ",".join(missing)
+    return (f"missing data: the raw files of {len(missing)} dataset(s) are not under {ws.data / 'raw'} "
+            f"({', '.join(missing)}), so their {n_jobs} job(s) are not run. Download them with "
+            f"`bench data download --datasets {names}` (or add --download to this command), then rerun it.")
 
 
 def _judge(ws, preset, config, datasets: list[str] | None, overwrite: bool) -> int:

@@ -146,6 +146,18 @@ def check_seeds(seeds) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def missing_data(jobs: list[Job], ws: Workspace) -> dict[str, list[Path]]:
+    """{dataset: its missing raw files} for the datasets of `jobs` that need a download."""
+    from bench.data.datasets import get_dataset, missing_raw_files
+
+    out: dict[str, list[Path]] = {}
+    for name in dict.fromkeys(job.dataset for job in jobs):
+        missing = missing_raw_files(get_dataset(name, ws), ws)
+        if missing:
+            out[name] = missing
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

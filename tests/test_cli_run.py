@@ -40,3 +40,18 @@ def test_plan_rejects_empty_selections_from_the_api_too(tmp_path):
     with pytest.raises(BenchError, match="--seeds names no seed"):
         plan(preset, ws, models="pop", datasets="synthetic-tiny", seeds=())
     assert [j.seed for j in plan(preset, ws, models="pop", datasets="synthetic-tiny", seeds=(1, 1, 0))] == [1, 0]
+
+
+# --------------------------------------------------------------------------- missing data
+
+def test_missing_data_is_one_summary_then_the_rest_runs(tmp_path, capsys):
+    code = _run(tmp_path, "--models", "pop,random", "--datasets", "am-luxury,synthetic-tiny,am-toys",
+                "--preset", "smoke")
+    out, err = capsys.readouterr()
+    assert code == 1  # not everything asked for ran
+    assert err.count("missing data:") == 1 and "FAILED" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "bench data download --datasets am-luxury,am-toys" in err and "--download" in err
+    assert "2 ran, 0 skipped, 0 failed, 4 not run" in out
+    assert not (tmp_path / "results" / "failures").exists()
+    assert {p.parts[-4] for p in (tmp_path / "results" / "runs").rglob("seed0.json")} == {"synthetic-tiny"}

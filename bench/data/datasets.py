@@ -212,6 +212,21 @@ def raw_files(spec: DatasetSpec, ws: Workspace, *, download: bool = False) -> li
     return [p for p in expected.values() if p.exists()]
 
 
+def missing_raw_files(spec: DatasetSpec, ws: Workspace) -> list[Path]:
+    """The raw files of a release dataset that `raw_files` would need to download (none for
+    embedded, synthetic and user data). Empty when the reviews file is there: a missing
+    metadata file only leaves the items without titles, as in `raw_files`."""
+    if spec.files or spec.release not in ("amazon2018", "amazon2014", "amazon2023"):
+        return []
+    from bench.data import download as dl
+
+    raw_dir = ws.raw(spec.name)
+    expected = {part: raw_dir / url.rsplit("/", 1)[-1] for part, url in dl.file_urls(spec.release, spec.category).items()}
+    if expected["reviews"].exists():
+        return []
+    return [p for p in expected.values() if not p.exists()]
+
+
 def source_fingerprint(spec: DatasetSpec, ws: Workspace, *, download: bool = False) -> tuple[list[Path], str]:
     """The raw files of `spec` and a hash of their contents and of how they are read."""
     files = raw_files(spec, ws, download=download)
