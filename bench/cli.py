@@ -151,7 +151,7 @@ def cmd_ls(args) -> int:
 
 def cmd_run(args) -> int:
     from bench import config as cfg
-    from bench.runner import missing_data, plan, run_grid
+    from bench.runner import missing_data, plan, run_grid, unavailable
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
@@ -166,7 +166,7 @@ def cmd_run(args) -> int:
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
     if args.jobs < 1:
         raise BenchError("--jobs must be at least 1")
-    # Checked before the grid, reported once: the data to download.
+    # Checked before the grid, reported once each: data to download, models that cannot run here.
     not_run = 0
     missing = {} if args.download else missing_data(jobs, ws)
     if missing:
@@ -174,6 +174,12 @@ def cmd_run(args) -> int:
         jobs = [j for j in jobs if j.dataset not in missing]
         not_run += len(waiting)
         print(_missing_summary(missing, ws, len(waiting)), file=sys.stderr)
+    for reason, blocked in unavailable(jobs).items():
+        keys = {j.key for j in blocked}
+        jobs = [j for j in jobs if j.key not in keys]
+        not_run += len(blocked)
+        print(f"not run ({len(blocked)} job(s) of {', '.join(dict.fromkeys(j.model for j in blocked))}): {reason}",
+              file=sys.stderr)
     scheduler = None
     if args.executor == "dask":
         import os

@@ -45,6 +45,13 @@ class Model:
     def rank(self, users: np.ndarray, k: int, history) -> np.ndarray:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, config: ModelConfig, name: str) -> None:
+        """Raise BenchError when `config` cannot run on this machine for a reason known before
+        training (e.g. weights neither on disk nor reachable). The runner calls it once per model
+        of a run, before the grid, so the user hears it in a second and once; `name` is the
+        model's name in the run (the NAME of the fix's ``--set NAME.key=value``)."""
+
     @property
     def produces_lists(self) -> bool:
         return type(self).rank is not Model.rank and type(self).score is Model.score

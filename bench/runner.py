@@ -158,6 +158,24 @@ def missing_data(jobs: list[Job], ws: Workspace) -> dict[str, list[Path]]:
     return out
 
 
+def unavailable(jobs: list[Job]) -> dict[str, list[Job]]:
+    """{reason: its jobs} for the jobs whose model says, before training, that it cannot run on
+    this machine (`Model.check`, once per model name and setting)."""
+    reasons: dict[str, list[Job]] = {}
+    checked: dict[tuple[str, str], str | None] = {}
+    for job in jobs:
+        key = (job.model, hash_json(cfg.to_dict(dataclasses.replace(job.config, seed=0))))
+        if key not in checked:
+            checked[key] = None
+            try:
+                MODELS.get(job.model_class_name).check(job.config, job.model)
+            except BenchError as exc:
+                checked[key] = str(exc)
+        if checked[key]:
+            reasons.setdefault(checked[key], []).append(job)
+    return reasons
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -334,14 +335,98 @@ def _tiny(n_users: int, n_items: int, texts: Iterable[str] | None, seed: int, *,
 def _pretrained(source: str, name: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    offline = None if Path(source).expanduser().is_dir() else hub_offline_reason()
+    # Offline, ask the cache only: transformers would otherwise retry the hub for about a minute.
+    kwargs = {"local_files_only": True} if offline else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
+        if offline:
+            raise BenchError(offline_message(name, source, offline)) from None
         raise BenchError(f"backbone {name!r}: cannot load {source!r} ({str(exc).splitlines()[0]}). Give a local "
                          f"directory with `backbone_path`, log in to the Hugging Face Hub, or use the offline "
                          f"backbones 'smollm2-135m' / 'tiny'") from None
     return model, tokenizer
+
+
+# --------------------------------------------------------------------------- the hub, offline
+
+HUB_PROBE_SECONDS = 2.0
+_hub_answers: dict[str, str | None] = {}  # endpoint -> why it cannot be reached (None: it can)
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _probe(url: str, timeout: float) -> str | None:
+    """None when `url` answers (any HTTP status) within `timeout` seconds, name lookup included;
+    else why not."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                answer.append(None)
+        except urllib.error.HTTPError:
+            answer.append(None)  # the server answered
+        except (OSError, ValueError) as exc:
+            answer.append(str(getattr(exc, "reason", exc)) or type(exc).__name__)
+
+    # urlopen's timeout does not cover the name lookup, which can hang: bound the whole call.
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer[0] if answer else f"no answer within {timeout:g} s"
+
+
+def hub_offline_reason(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face Hub cannot be used now, or None when it can. HF_HUB_OFFLINE /
+    TRANSFORMERS_OFFLINE are respected; otherwise the hub is probed once per process, for at
+    most `timeout` seconds."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    endpoint = hub_endpoint()
+    if endpoint not in _hub_answers:
+        _hub_answers[endpoint] = _probe(endpoint, timeout)
+    problem = _hub_answers[endpoint]
+    return None if problem is None else f"{endpoint}: {problem}"
+
+
+def offline_message(name: str, source: str, reason: str, scope: str = "pagellm") -> str:
+    return (f"backbone {name!r} needs {source!r} from the Hugging Face Hub, which cannot be reached ({reason}), "
+            f"and no copy is in the local cache: use an offline backbone (--set {scope}.backbone=tiny or "
+            f"--set {scope}.backbone=smollm2-135m) or a local copy (--set {scope}.backbone_path=/path/to/model)")
+
+
+def check_available(name: str, source: str = "", scope: str = "pagellm") -> None:
+    """Raise BenchError, in about a second, when backbone `name` (from `source`) cannot be loaded
+    because it is on the hub, the hub is offline and the model is not in the local cache."""
+    if name not in DEFAULT_SOURCES:
+        return
+    source = source or DEFAULT_SOURCES[name]
+    if Path(source).expanduser().is_dir():
+        return
+    if source.startswith(("/", ".", "~")):
+        raise BenchError(f"{scope}.backbone_path = {source!r}: no such directory (give a directory with the "
+                         "model's config, weights and tokenizer, or a Hugging Face Hub name)")
+    reason = hub_offline_reason()
+    if reason is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except ValueError:  # not a valid repo id: the loader says what is wrong
+        return
+    if not isinstance(cached, str):
+        raise BenchError(offline_message(name, source, reason, scope))
 
 
 def _smollm2(dtype):

@@ -285,6 +285,13 @@ class PageLLM(Model):
     Config = PageLLMConfig
     variant = "mixed"
 
+    @classmethod
+    def check(cls, config: PageLLMConfig, name: str) -> None:
+        """A hub backbone (gpt2, llama-3.2-1b) with the hub offline and no cached copy fails here, fast."""
+        from pagellm.backbones import check_available
+
+        check_available(config.backbone, config.backbone_path, scope=name)
+
     # ------------------------------------------------------------------ training
     def fit(self, split, config: PageLLMConfig, workdir: Path) -> None:
         import torch
