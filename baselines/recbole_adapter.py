@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import progress
 from bench.models import Model, ModelConfig, validate
 
 logger = logging.getLogger(__name__)
@@ -187,16 +188,27 @@ def _select_trainer(base):
             self.epochs_run, self.last_loss = 0, None
             self._epoch = -1
 
+        def fit(self, train_data, valid_data=None, *args, **kwargs):
+            # One bar of epochs with the loss and our validation metric (RecBole's own, per batch, stay off).
+            self.bar = progress.bar(total=self.epochs, desc=self.adapter.recbole_name.lower(), unit="epoch")
+            try:
+                return super().fit(train_data, valid_data, *args, **kwargs)
+            finally:
+                self.bar.close()
+
         def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
             loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
             self._epoch, self.epochs_run = epoch_idx, epoch_idx + 1
             self.last_loss = float(sum(loss) if isinstance(loss, tuple) else loss)
+            self.bar.update()
+            progress.note(loss=self.last_loss)
             return loss
 
         def _valid_epoch(self, valid_data, show_progress=False):
             value = validate(self.adapter, self.split, self.metric)
             if value > self.best_value:
                 self.best_value, self.best_epoch = value, self._epoch
+            progress.note(**{self.metric: value, "best": self.best_value})
             return value, {self.metric: value}
 
         def _save_checkpoint(self, epoch, verbose=True, **kwargs):

@@ -45,7 +45,6 @@ import html
 import json
 import logging
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -328,16 +327,12 @@ class RecMind(Model):
     def _generate(self, prompts: list[str]) -> list[str]:
         if not prompts:
             return []
-        from tqdm.auto import tqdm
+        from bench.llm import generate_with_progress
 
         cfg = self.config
-        texts: list[str] = []
         t0 = time.perf_counter()
-        chunks = range(0, len(prompts), cfg.batch_size)
-        for start in tqdm(chunks, desc="recmind llm", unit="batch", leave=False,
-                          disable=len(chunks) < 2 or not sys.stderr.isatty()):
-            texts += self.llm.generate(prompts[start:start + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
-                                       temperature=cfg.temperature, seed=cfg.seed)
+        texts = generate_with_progress(self.llm, prompts, desc="recmind llm", max_new_tokens=cfg.max_new_tokens,
+                                       temperature=cfg.temperature, seed=cfg.seed, chunk_size=cfg.batch_size)
         self.llm_seconds += time.perf_counter() - t0
         return texts
 

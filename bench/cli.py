@@ -151,10 +151,12 @@ def cmd_ls(args) -> int:
 
 def cmd_run(args) -> int:
     from bench import config as cfg
+    from bench import progress
     from bench.runner import missing_data, plan, run_grid, unavailable
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
+    progress.set_enabled(False if args.no_progress else None)
     preset_name = args.preset or ("smoke" if args.models is None and args.datasets is None else "default")
     preset = cfg.load_preset(preset_name)
     overrides = cfg.parse_overrides(args.overrides)

@@ -193,7 +193,10 @@ def judge_pair(llm, split, judged_recs: Path, baseline_recs: Path, config: Judge
         for aspect in config.aspects:
             prompts += [judge_prompt(past, a, b, aspect), judge_prompt(past, b, a, aspect)]
             slots.append((user, aspect))
-    answers = llm.generate(prompts, max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
+    from bench.llm import generate_with_progress
+
+    answers = generate_with_progress(llm, prompts, desc=f"judge {group}", max_new_tokens=config.max_new_tokens,
+                                     temperature=0.0, seed=config.seed, chunk_size=config.batch_size)
     verdicts = [parse_verdict(t) for t in answers]
 
     out: dict = {"n_users": len(users)}

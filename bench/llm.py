@@ -412,9 +412,42 @@ class CachedLLM(LLMClient):
             answers.update((sha, t) for (sha, _), t in zip(chunk, texts))
         return [answers[sha] for sha in shas]
 
+    def n_missing(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                  seed: int = 0) -> int:
+        """How many distinct prompts of `prompts` the backend would be asked (not in the cache)."""
+        settings = decoding_key(max_new_tokens, temperature, seed)
+        shas = list(dict.fromkeys(prompt_sha256(p) for p in prompts))
+        return len(shas) - len(self.cache.get(self.name, shas, settings))
+
     def stats(self) -> dict:
         return {"cache_path": str(self.cache.path), "cache_hits": self.hits, "cache_misses": self.misses,
                 "backend_seconds": round(self.backend_seconds, 3), **self.backend.stats()}
+
+
+# --------------------------------------------------------------------------- progress
+
+def generate_with_progress(llm: LLMClient, prompts: Sequence[str], *, desc: str, max_new_tokens: int,
+                           temperature: float = 0.0, seed: int = 0, chunk_size: int | None = None) -> list[str]:
+    """`llm.generate(prompts, ...)`, `chunk_size` prompts at a time, behind a progress bar of the
+    answers still to generate, with an ETA (`bench.progress`: terminals only). Answers the cache
+    already holds are not counted, so the ETA is that of the real work."""
+    from bench import progress
+
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    chunk = max(1, int(chunk_size or getattr(llm, "chunk_size", None) or getattr(llm, "batch_size", None) or 8))
+    kwargs = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    cached = isinstance(llm, CachedLLM)
+    todo = llm.n_missing(prompts, **kwargs) if cached else len(prompts)
+    out: list[str] = []
+    with progress.bar(total=todo, desc=desc, unit="answer", disable=todo <= chunk) as bar:
+        for start in range(0, len(prompts), chunk):
+            part = prompts[start:start + chunk]
+            before = llm.misses if cached else 0
+            out += llm.generate(part, **kwargs)
+            bar.update(llm.misses - before if cached else len(part))
+    return out
 
 
 # --------------------------------------------------------------------------- factory

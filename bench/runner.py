@@ -328,7 +328,7 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
     Returns one Outcome per job, in the order of `jobs`."""
     import os
 
-    from tqdm.auto import tqdm
+    from bench.progress import GridProgress
 
     splits: dict[tuple[str, SplitSpec], Split | Exception] = {}
     for key in dict.fromkeys((j.dataset, j.split) for j in jobs):
@@ -346,34 +346,49 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
             outcomes[index] = _failed(job, ws, split)
         else:
             runnable.append((index, job, split))
-    bar = tqdm(total=len(jobs), initial=len(outcomes), desc="jobs", unit="job", disable=not progress)
+    grid = GridProgress({index: cost_hint(job) for index, job, _ in runnable}, total=len(jobs),
+                        done=len(outcomes), show=progress)
     if scheduler:
         from bench.cluster import run_on_dask
 
         def done(index: int, outcome: Outcome) -> None:
             outcomes[index] = outcome
-            bar.set_postfix_str(outcome.job.key, refresh=True)
-            bar.update()
+            grid.finished(index, outcome.status)
 
         run_on_dask(runnable, preset, ws, overwrite, scheduler, gpu_resource, done)
     elif n_jobs == 1:
         for index, job, split in runnable:
-            bar.set_postfix_str(job.key, refresh=True)
+            grid.started(job.key)
             outcomes[index] = _run_safely(job, preset, ws, overwrite, split)
-            bar.update()
+            grid.finished(index, outcomes[index].status, job.key)
     else:
         from joblib import Parallel, delayed
 
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
         tasks = (delayed(_indexed)(index, job, preset, ws, overwrite, split.directory, threads)
                  for index, job, split in runnable)
+        grid.started(f"{min(n_jobs, len(runnable))} jobs in parallel")
         for index, outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks):
             outcomes[index] = outcome
-            bar.set_postfix_str(outcome.job.key, refresh=True)
-            bar.update()
-    bar.close()
+            grid.finished(index, outcome.status)
+    grid.close()
     return [outcomes[i] for i in range(len(jobs))]
 
 
 def _indexed(index: int, *args) -> tuple[int, Outcome]:
+    from bench import progress
+
+    progress.set_enabled(False)  # a worker's bars would overwrite the grid's
     return index, _run_safely(*args)
+
+
+DEFAULT_COST_MINUTES = 30.0  # models without a cost hint (e.g. recbole:NARM)
+
+
+def cost_hint(job: Job) -> float:
+    """The registry's typical minutes of the job's model: the grid's ETA weighs jobs by it."""
+    try:
+        minutes = MODELS.entry(job.model_class_name).meta.get("minutes")
+    except BenchError:
+        minutes = None
+    return float(minutes) if isinstance(minutes, (int, float)) and minutes > 0 else DEFAULT_COST_MINUTES

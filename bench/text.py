@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import progress
 from bench.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -51,5 +52,5 @@ def encode_texts(texts: list[str], encoder: str | None = None, batch_size: int =
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
     vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                           show_progress_bar=len(texts) > 10 * batch_size)
+                           show_progress_bar=len(texts) > 10 * batch_size and progress.enabled())
     return np.asarray(vectors, dtype=np.float32)

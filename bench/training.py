@@ -47,6 +47,7 @@ def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric:
     validation split through the one evaluator (`bench.models.validate`), early stopping, and
     the best state restored at the end. Returns (train losses, valid values, the stopper)."""
     from bench.models import validate
+    from bench.progress import note
 
     losses: list[float] = []
     values: list[float] = []
@@ -56,7 +57,7 @@ def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric:
         losses.append(train_epoch())
         value = validate(model, split, metric)  # NaN (no valid users) is never "better"
         values.append(value)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", **{metric: f"{value:.4f}"})
+        note(loss=losses[-1], **{metric: value})
         if stopper.update(epoch, value):
             break
     if stopper.best_state is not None:
@@ -65,9 +66,8 @@ def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric:
 
 
 def epoch_bar(epochs: int, desc: str):
-    """range(epochs) with a progress bar on an interactive terminal (none in logs, CI or workers)."""
-    import sys
+    """range(epochs) with a progress bar on an interactive terminal (none in logs, CI or workers);
+    `bench.progress.note(loss=..., ...)` shows an epoch's values beside it."""
+    from bench import progress
 
-    from tqdm.auto import tqdm
-
-    return tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not sys.stderr.isatty())
+    return progress.bar(range(epochs), desc=desc, unit="epoch")

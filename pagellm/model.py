@@ -296,6 +296,7 @@ class PageLLM(Model):
     def fit(self, split, config: PageLLMConfig, workdir: Path) -> None:
         import torch
 
+        from bench import progress
         from bench.torch_utils import pick_device, seed_torch
 
         t_fit = time.perf_counter()
@@ -314,35 +315,44 @@ class PageLLM(Model):
             return {"stage": stage, "parent": hash_json(parent) if parent else None,
                     **{k: getattr(config, k) for k in _STAGE_FIELDS.get(stage.split("-")[0], ())}, **extra}
 
+        needed = {"mixed": ("page", "item"), "page": ("page",), "item": ("item",), "none": ()}[self.variant]
+        n_stages = 2 + (bool(config.rm_on_policy) + len(needed) + 1 if needed else 0)
+        stage_bar = progress.bar(total=n_stages, desc=f"pagellm ({self.variant}) stages", unit="stage")
+
+        def stage(name: str, directory: Path, key: dict, work: Callable[[Path], dict]) -> None:
+            stage_bar.set_postfix_str(name, refresh=True)
+            self.stages[name] = run_stage(directory, key, work)
+            stage_bar.update()
+
         pre_key = {**base_key, **key_of("pretrain", None)}
         pre_dir = shared / f"pretrain-{hash_json(pre_key)}"
-        self.stages["pretrain"] = run_stage(pre_dir, pre_key, lambda d: self._pretrain(d, data))
+        stage("pretrain", pre_dir, pre_key, lambda d: self._pretrain(d, data))
         ft_key = key_of("finetune", pre_key)
         ft_dir = shared / f"finetune-{hash_json(ft_key)}"
-        self.stages["finetune"] = run_stage(ft_dir, ft_key, lambda d: self._finetune(d, pre_dir, data))
+        stage("finetune", ft_dir, ft_key, lambda d: self._finetune(d, pre_dir, data))
         final_dir = ft_dir
         self.reward_accuracy = None
         if self.variant != "none":
-            needed = {"mixed": ("page", "item"), "page": ("page",), "item": ("item",)}[self.variant]
             lists_key = key_of("lists", ft_key)
             lists_dir = shared / f"lists-{hash_json(lists_key)}"
             if config.rm_on_policy:
-                self.stages["lists"] = run_stage(lists_dir, lists_key, lambda d: self._policy_lists(d, ft_dir, data))
+                stage("lists", lists_dir, lists_key, lambda d: self._policy_lists(d, ft_dir, data))
             rm_dirs, rm_keys = {}, {}
             for kind in needed:
                 rm_keys[kind] = key_of(f"reward-{kind}", lists_key, kind=kind)
                 rm_dirs[kind] = shared / f"reward-{kind}-{hash_json(rm_keys[kind])}"
-                self.stages[f"reward-{kind}"] = run_stage(
-                    rm_dirs[kind], rm_keys[kind], lambda d, kind=kind: self._reward(d, kind, ft_dir, lists_dir, data))
+                stage(f"reward-{kind}", rm_dirs[kind], rm_keys[kind],
+                      lambda d, kind=kind: self._reward(d, kind, ft_dir, lists_dir, data))
             ppo_key = key_of("ppo", ft_key, variant=self.variant,
                              rewards={k: hash_json(v) for k, v in rm_keys.items()})
             final_dir = workdir / f"ppo-{hash_json(ppo_key)}"
-            self.stages["ppo"] = run_stage(final_dir, ppo_key, lambda d: self._ppo(d, ft_dir, rm_dirs, lists_dir, data))
+            stage("ppo", final_dir, ppo_key, lambda d: self._ppo(d, ft_dir, rm_dirs, lists_dir, data))
             self.reward_accuracy = {kind: self.stages[f"reward-{kind}"].get("heldout_accuracy", {}).get(kind)
                                     for kind in needed}
             if "mixed" in (self.stages["ppo"].get("heldout_accuracy") or {}):
                 self.reward_accuracy["mixed"] = self.stages["ppo"]["heldout_accuracy"]["mixed"]
             self._warn_weak_rewards()
+        stage_bar.close()
         seed_torch(config.seed)
         self.policy = self._load(final_dir)
         self.policy.model.eval()
@@ -408,6 +418,7 @@ class PageLLM(Model):
                 zip(users, ids)]
 
     def _finetune(self, out: Path, pre_dir: Path, data) -> dict:
+        from bench.progress import note
         from bench.training import EarlyStopping, clone_state
         from pagellm.sft import finetune
 
@@ -425,6 +436,7 @@ class PageLLM(Model):
                 return False
             value = validate(self, self.split, c.valid_metric)
             valid_log.append(round(value, 6))
+            note(**{c.valid_metric: value})
             return stopper.update(epoch, value)
 
         log = finetune(backbone, examples, epochs=c.finetune_epochs, batch_size=c.finetune_batch_size,

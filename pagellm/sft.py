@@ -127,8 +127,11 @@ class EpochLog:
         self.best_epoch: int | None = None  # set by a stage that restores its best epoch
 
     def add(self, seconds: float, **values: float) -> None:
+        from bench.progress import note
+
         self.epochs.append({"epoch": len(self.epochs), "seconds": round(seconds, 3),
                             **{k: (round(float(v), 6) if v == v else None) for k, v in values.items()}})
+        note(**values)  # beside the stage's epoch bar
 
     def summary(self) -> dict:
         seconds = [e["seconds"] for e in self.epochs]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
 
+from bench import progress
 from bench.cli import main
 from bench.errors import BenchError
 
@@ -129,3 +131,130 @@ def test_run_reports_an_offline_backbone_once_and_runs_the_rest(hub_down, tmp_pa
     assert "not run (2 job(s) of pagellm)" in err  # the smoke preset's random and cold-start splits
     assert "1 ran, 0 skipped, 0 failed, 2 not run" in out
     assert len(hub_down) == 1
+
+
+# --------------------------------------------------------------------------- progress
+
+def test_bars_only_on_a_terminal_or_when_asked(monkeypatch):
+    monkeypatch.delenv("BENCH_PROGRESS", raising=False)
+    progress.set_enabled(None)
+    assert not progress.enabled()  # pytest's captured stderr is no terminal
+    monkeypatch.setenv("BENCH_PROGRESS", "1")
+    assert progress.enabled()
+    progress.set_enabled(False)  # --no-progress wins
+    try:
+        assert not progress.enabled()
+    finally:
+        progress.set_enabled(None)
+
+
+def test_note_goes_to_the_innermost_open_bar(monkeypatch):
+    monkeypatch.setenv("BENCH_PROGRESS", "1")
+    out = io.StringIO()
+    outer = progress.bar(total=2, desc="stages", file=out)
+    for _ in progress.bar(range(2), desc="epochs", file=out):
+        progress.note(loss=0.5)
+        progress.note(**{"ndcg@20": 0.25})
+    text = out.getvalue()
+    assert "loss=0.5" in text and "ndcg@20=0.25" in text  # both values, merged
+    progress.note(stage="ppo")  # the epoch bar is closed: the outer one shows it
+    assert "stage=ppo" in str(outer)
+    outer.close()
+    progress.note(ignored=1)  # no open bar: nothing happens
+
+
+def test_epochs_show_the_validation_metric(monkeypatch, capsys):
+    import bench.models
+    from bench.training import fit_with_early_stopping
+
+    monkeypatch.setenv("BENCH_PROGRESS", "1")
+    values = iter([0.1, 0.3, 0.2, 0.2])
+    monkeypatch.setattr(bench.models, "validate", lambda model, split, metric: next(values))
+    restored = []
+    _, valid, stopper = fit_with_early_stopping(None, None, epochs=10, patience=2, metric="ndcg@20",
+                                                train_epoch=lambda: 1.5, snapshot=lambda: "state",
+                                                restore=restored.append, desc="toy")
+    assert valid == [0.1, 0.3, 0.2, 0.2] and stopper.best_epoch == 1 and restored == ["state"]
+    err = capsys.readouterr().err
+    assert "toy" in err and "ndcg@20=0.3" in err and "loss=1.5" in err
+
+
+def test_pagellm_epochs_note_their_losses(monkeypatch):
+    from pagellm.sft import EpochLog
+
+    monkeypatch.setenv("BENCH_PROGRESS", "1")
+    out = io.StringIO()
+    b = progress.bar(total=3, desc="pagellm fine-tuning", file=out)
+    EpochLog().add(1.0, list_nll=2.25)
+    assert "list_nll=2.25" in str(b)
+    b.close()
+
+
+class _Echo:
+    name, batch_size = "echo", 2
+
+    def __init__(self):
+        self.asked = []
+
+    def generate(self, prompts, *, max_new_tokens, temperature=0.0, seed=0):
+        self.asked += list(prompts)
+        return [p.upper() for p in prompts]
+
+    def stats(self):
+        return {}
+
+
+def test_llm_calls_count_only_uncached_answers(tmp_path, monkeypatch, capsys):
+    from bench.llm import CachedLLM, generate_with_progress
+
+    monkeypatch.setenv("BENCH_PROGRESS", "1")
+    bars = []
+    make_bar = progress.bar
+    monkeypatch.setattr(progress, "bar", lambda *a, **k: bars.append(make_bar(*a, **k)) or bars[-1])
+    backend = _Echo()
+    llm = CachedLLM(backend, tmp_path / "cache.sqlite", chunk_size=2)
+    llm.generate(["a"], max_new_tokens=4)
+    prompts = ["a", "b", "c", "b", "d", "e"]
+    assert llm.n_missing(prompts, max_new_tokens=4) == 4
+    capsys.readouterr()
+    answers = generate_with_progress(llm, prompts, desc="recmind llm", max_new_tokens=4, chunk_size=2)
+    assert answers == [p.upper() for p in prompts]
+    assert backend.asked == ["a", "b", "c", "d", "e"]  # each prompt generated once
+    assert "recmind llm" in capsys.readouterr().err
+    assert (bars[0].n, bars[0].total, bars[0].unit) == (4, 4, "answer")  # the cached answer is not work
+    assert generate_with_progress(backend, ["x"], desc="judge", max_new_tokens=4) == ["X"]  # no cache: fine too
+
+
+# --------------------------------------------------------------------------- the grid's ETA
+
+def test_grid_eta_weighs_the_remaining_jobs_by_their_cost_hints():
+    from bench.progress import GridProgress, WeightedETA
+
+    now = [0.0]
+    eta = WeightedETA({"pop": 0.1, "cached": 5, "recmind": 240, "ease": 2}, clock=lambda: now[0])
+    assert eta.eta() is None  # nothing ran yet
+    now[0] = 1.0
+    eta.finished("cached", counted=False)  # served from the result cache: no pace from it
+    now[0] = 3.0
+    eta.finished("pop")  # 2 s for 0.1 minutes of hint: 20 s per hint-minute
+    # A mean of finished jobs would say 2 s per job, 4 s in all; the hints say 242 * 20 s.
+    assert eta.eta() == pytest.approx(242 * 20)
+    now[0] = 13.0
+    assert eta.eta() == pytest.approx(242 * 20 - 10)  # counts down while a job runs
+    eta.finished("recmind")
+    eta.finished("ease")
+    assert eta.eta() == 0.0
+    grid = GridProgress({1: 1.0}, total=1, show=False)
+    grid.started("smoke/x/random/pop/seed0")
+    assert grid.text().startswith("ETA ? (by cost hints)") and "pop/seed0" in grid.text()
+
+
+def test_cost_hints_come_from_the_registry(tmp_path):
+    from bench import config as cfg
+    from bench.paths import Workspace
+    from bench.runner import DEFAULT_COST_MINUTES, cost_hint, plan
+
+    jobs = plan(cfg.load_preset("smoke"), Workspace(tmp_path), models="pop,recmind,recbole:NARM",
+                datasets="synthetic-tiny")
+    hints = {j.model: cost_hint(j) for j in jobs}
+    assert hints == {"pop": 0.1, "recmind": 240.0, "recbole:NARM": DEFAULT_COST_MINUTES}
