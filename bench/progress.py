@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import weakref
-from typing import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 _ON = ("1", "true", "yes", "on")
 _OFF = ("0", "false", "no", "off")
