@@ -67,3 +67,40 @@ def test_shipped_recbole_settings_are_all_known():
         recbole_name = entry.load().recbole_name
         for settings in ("default", "smoke", "paper", "cpu"):
             check_params(recbole_name, cfg.model_yaml(name, settings).get("params") or {})
+
+
+# --- names read from files never leave the workspace -----------------------------------------
+
+def _user_csv(path):
+    rows = [f"u{u},i{(u * 7 + k) % 30},5,{100 + k}" for u in range(40) for k in range(6)]
+    path.write_text("user_id,item_id,rating,timestamp\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_a_registered_name_is_checked_where_it_is_read(tmp_path, capsys):
+    import json
+
+    root = tmp_path / "a" / "b" / "ws"
+    (root / "data").mkdir(parents=True)
+    registry = root / "data" / "datasets.json"
+    registry.write_text(json.dumps({"../../../escaped": {"source": str(_user_csv(tmp_path / "mine.csv"))}}))
+    code = main(["--root", str(root), "data", "split", "--dataset", "../../../escaped"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(registry) in err and "'../../../escaped' is not a valid dataset name" in err
+    assert "remove that entry" in err and "Traceback" not in err
+    assert not [p for p in tmp_path.rglob("*") if "escaped" in p.name]
+    assert main(["--root", str(root), "run", "--models", "pop", "--datasets", "all", "--no-progress"]) == 2
+
+
+def test_workspace_paths_stay_inside_the_workspace(tmp_path):
+    from bench.errors import BenchError
+    from bench.paths import Workspace
+
+    ws = Workspace(tmp_path)
+    for bad in ("..", "../x", "a/b", "", "a\\b"):
+        with pytest.raises(BenchError, match="invalid name"):
+            ws.split(bad, "random")
+        with pytest.raises(BenchError, match="invalid name"):
+            ws.raw(bad)
+    assert ws.split("mine", "random-s0") == tmp_path / "data" / "splits" / "mine" / "random-s0"

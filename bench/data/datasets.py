@@ -108,23 +108,39 @@ READER_VERSION = 1  # bump when a reader changes what it produces: cached tables
 
 # --- user-registered datasets -------------------------------------------------------------
 
+_NAME_RULE = "lower-case letters, digits, '-' or '_' (no '/', '..' or spaces), at most 64 characters"
+
+
 def check_user_name(name: str) -> str:
     if not _USER_NAME.match(name or ""):
-        raise BenchError(f"invalid dataset name {name!r}: use lower-case letters, digits, '-' or '_' "
-                         "(no '/', '..' or spaces), at most 64 characters")
+        raise BenchError(f"invalid dataset name {name!r}: use {_NAME_RULE}")
     return name
 
 
 def user_datasets(ws: Workspace) -> dict[str, DatasetSpec]:
-    path = ws.registered_datasets
+    return {name: DatasetSpec(name, "user", description=d.get("description", ""), source=d["source"],
+                              format=d.get("format"), min_core=d.get("min_core", 0))
+            for name, d in _read_registered(ws.registered_datasets).items()}
+
+
+def _read_registered(path: Path) -> dict[str, dict]:
+    """The entries of data/datasets.json. Every name is checked again here, where it is read:
+    the file may have been edited by hand, and names become folders of the workspace."""
     if not path.exists():
         return {}
+    fix = "correct or remove that entry, or delete the file and run `bench data prepare --dataset NAME --source PATH`"
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise DataError(f"not valid JSON ({exc})", path, fix="fix or delete the file and run `bench data prepare` again")
-    return {name: DatasetSpec(name, "user", description=d.get("description", ""), source=d["source"],
-                              format=d.get("format"), min_core=d.get("min_core", 0)) for name, d in raw.items()}
+        raise DataError(f"not valid JSON ({exc})", path, fix=fix) from None
+    if not isinstance(raw, dict):
+        raise DataError("expected a mapping of dataset name -> settings", path, fix=fix)
+    for name, entry in raw.items():
+        if not _USER_NAME.match(name):
+            raise DataError(f"{name!r} is not a valid dataset name (use {_NAME_RULE})", path, fix=fix)
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            raise DataError(f"dataset {name!r} has no 'source' path", path, fix=fix)
+    return raw
 
 
 def register_user_dataset(ws: Workspace, name: str, source: Path, fmt: str | None, min_core: int = 0) -> DatasetSpec:
@@ -134,9 +150,7 @@ def register_user_dataset(ws: Workspace, name: str, source: Path, fmt: str | Non
     source = Path(source).expanduser().resolve()
     if not source.exists():
         raise DataError("no such file or directory", source, fix="give --source the path of your data")
-    entries = {}
-    if ws.registered_datasets.exists():
-        entries = json.loads(ws.registered_datasets.read_text())
+    entries = _read_registered(ws.registered_datasets)
     entries[name] = {"source": str(source), "format": fmt, "min_core": min_core,
                      "description": f"user data from {source}"}
     spec = DatasetSpec(name, "user", description=entries[name]["description"], source=str(source), format=fmt,
