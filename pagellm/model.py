@@ -41,7 +41,6 @@ adapters switched off.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -55,6 +54,7 @@ import numpy as np
 
 from bench.errors import ConfigError
 from bench.io import hash_json, write_json_atomic
+from bench.locks import locked
 from bench.models import Model, ModelConfig, validate
 
 logger = logging.getLogger(__name__)
@@ -219,23 +219,6 @@ def shared_dir(workdir: Path) -> Path:
     return workdir / "shared"
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock file (POSIX flock; no locking where fcntl is missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def run_stage(directory: Path, key: dict, work: Callable[[Path], dict]) -> dict:
     """Run `work(tmp_dir) -> stats` unless `directory` holds a finished stage with this key.
 
@@ -247,7 +230,7 @@ def run_stage(directory: Path, key: dict, work: Callable[[Path], dict]) -> dict:
 
     digest = hash_json(key)
     record_path = directory / "stage.json"
-    with _locked(directory.parent / f".{directory.name}.lock"):
+    with locked(directory.parent / f".{directory.name}.lock"):
         if record_path.exists():
             import json
 

@@ -3,6 +3,11 @@ runners, interrupted stages and parallel workers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench.cli import main
@@ -104,3 +109,28 @@ def test_workspace_paths_stay_inside_the_workspace(tmp_path):
         with pytest.raises(BenchError, match="invalid name"):
             ws.raw(bad)
     assert ws.split("mine", "random-s0") == tmp_path / "data" / "splits" / "mine" / "random-s0"
+
+
+# --- concurrent runners -----------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args, root) -> subprocess.Popen:
+    """`bench` in a child process that imports this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", "--root", str(root), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_registrations_all_land(tmp_path):
+    import json
+
+    source = _user_csv(tmp_path / "mine.csv")
+    names = ["mine-a", "mine-b", "mine-c", "mine-d"]
+    procs = [_bench("data", "prepare", "--dataset", name, "--source", str(source), root=tmp_path) for name in names]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert sorted(json.loads((tmp_path / "data" / "datasets.json").read_text())) == names
+

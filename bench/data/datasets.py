@@ -27,6 +27,7 @@ import pandas as pd
 
 from bench.errors import BenchError, DataError, UnknownNameError
 from bench.io import hash_json, sha256_file, write_json_atomic, atomic_path
+from bench.locks import locked
 from bench.paths import Workspace
 from bench.registry import Registry
 
@@ -150,13 +151,15 @@ def register_user_dataset(ws: Workspace, name: str, source: Path, fmt: str | Non
     source = Path(source).expanduser().resolve()
     if not source.exists():
         raise DataError("no such file or directory", source, fix="give --source the path of your data")
-    entries = _read_registered(ws.registered_datasets)
-    entries[name] = {"source": str(source), "format": fmt, "min_core": min_core,
-                     "description": f"user data from {source}"}
-    spec = DatasetSpec(name, "user", description=entries[name]["description"], source=str(source), format=fmt,
+    entry = {"source": str(source), "format": fmt, "min_core": min_core, "description": f"user data from {source}"}
+    spec = DatasetSpec(name, "user", description=entry["description"], source=str(source), format=fmt,
                        min_core=min_core)
     prepare(spec, ws, force=True)  # read it now: bad data fails here, before registration
-    write_json_atomic(ws.registered_datasets, entries)
+    # Read, change and write the file under a lock: concurrent registrations all land.
+    with locked(ws.registered_datasets.with_name(".datasets.json.lock")):
+        entries = _read_registered(ws.registered_datasets)
+        entries[name] = entry
+        write_json_atomic(ws.registered_datasets, entries)
     return spec
 
 
