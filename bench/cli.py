@@ -173,12 +173,14 @@ def cmd_run(args) -> int:
     outcomes = run_grid(jobs, preset, ws, overwrite=args.overwrite, download=args.download,
                         progress=not args.no_progress, n_jobs=args.jobs, scheduler=scheduler,
                         gpu_resource=args.gpu_resource)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a", "held")}
     for o in outcomes:
         if o.status == "failed":
             print(f"FAILED {o.job.key}: {o.error}\n  traceback: {o.path}", file=sys.stderr)
         elif o.status == "n/a":
             print(f"not applicable: {o.job.key}: {o.error}")
+        elif o.status == "held":
+            print(f"held by another runner: {o.job.key} (rerun after it ends to collect its result)")
     judge_failed = 0
     if preset.judge or judge_overrides:
         from bench.judge import JudgeConfig
@@ -190,7 +192,8 @@ def cmd_run(args) -> int:
         paths = write_leaderboard(ws)
         print(f"leaderboard: {paths[0]}")
     print(f"summary: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed"
-          + (f", {counts['n/a']} not applicable" if counts["n/a"] else ""))
+          + (f", {counts['n/a']} not applicable" if counts["n/a"] else "")
+          + (f", {counts['held']} held by another runner" if counts["held"] else ""))
     return 1 if counts["failed"] or judge_failed else 0
 
 

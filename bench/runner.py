@@ -25,6 +25,7 @@ from bench.data.datasets import ensure_split, resolve_datasets
 from bench.data.splits import Split, SplitSpec
 from bench.errors import BenchError, NotApplicable
 from bench.io import atomic_path, hash_json, write_json_atomic, write_text_atomic
+from bench.locks import lock_if_free
 from bench.models import MODELS, Model
 from bench.paths import Workspace
 from bench.provenance import PeakMemory, provenance
@@ -64,7 +65,7 @@ class Job:
 @dataclass
 class Outcome:
     job: Job
-    status: str  # ran | skipped | failed | n/a
+    status: str  # ran | skipped | failed | n/a | held (by another runner)
     path: Path | None = None
     error: str | None = None
 
@@ -246,7 +247,7 @@ def _run_safely(job: Job, preset: cfg.Preset, ws: Workspace, overwrite: bool, sp
             from bench.data.splits import load_split
 
             split = load_split(split)
-        return run_job(job, preset, ws, overwrite=overwrite, split=split)
+        return _run_unless_held(job, preset, ws, overwrite, split)
     except KeyboardInterrupt:
         raise
     except NotApplicable as exc:
@@ -254,6 +255,16 @@ def _run_safely(job: Job, preset: cfg.Preset, ws: Workspace, overwrite: bool, sp
         return Outcome(job, "n/a", None, str(exc))
     except Exception as exc:  # one failing job must not stop the grid
         return _failed(job, ws, exc)
+
+
+def _run_unless_held(job: Job, preset: cfg.Preset, ws: Workspace, overwrite: bool, split: Split) -> Outcome:
+    """Run `job` unless another runner (a second `bench run`, a Dask worker) holds it: then it
+    is reported as held, and the next run finds the result it wrote."""
+    with lock_if_free(ws.root / "work" / job.key / ".job.lock") as mine:
+        if not mine:
+            logger.info("job %s is held by another runner; not run here", job.key)
+            return Outcome(job, "held", None, "held by another runner")
+        return run_job(job, preset, ws, overwrite=overwrite, split=split)
 
 
 def _failed(job: Job, ws: Workspace, exc: BaseException) -> Outcome:

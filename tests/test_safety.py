@@ -134,3 +134,24 @@ def test_concurrent_registrations_all_land(tmp_path):
         assert proc.returncode == 0, err
     assert sorted(json.loads((tmp_path / "data" / "datasets.json").read_text())) == names
 
+
+def test_a_job_held_by_another_runner_is_not_redone(tmp_path, capsys):
+    run = ["--root", str(tmp_path), "run", "--models", "pop", "--datasets", "synthetic-tiny", "--preset", "smoke",
+           "--no-progress", "--no-table"]
+    lock = tmp_path / "work" / "smoke" / "synthetic-tiny" / "random-s0" / "pop" / "seed0" / ".job.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ("import sys, time; from bench.locks import locked\n"
+                                "with locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"), str(lock)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(run) == 0
+        out = capsys.readouterr().out
+        assert "0 ran, 0 skipped, 0 failed, 1 held by another runner" in out
+        assert "held by another runner: smoke/synthetic-tiny/random-s0/pop/seed0" in out
+        assert not list((tmp_path / "results").rglob("seed0.json"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(run) == 0  # the lock died with its holder
+    assert "1 ran" in capsys.readouterr().out
