@@ -54,7 +54,7 @@ import numpy as np
 
 from bench.errors import ConfigError
 from bench.io import hash_json, write_json_atomic
-from bench.locks import locked
+from bench.locks import lock_if_free, locked
 from bench.models import Model, ModelConfig, validate
 
 logger = logging.getLogger(__name__)
@@ -224,13 +224,15 @@ def run_stage(directory: Path, key: dict, work: Callable[[Path], dict]) -> dict:
 
     The stage writes its files in a temporary sibling folder, renamed to `directory` with a
     ``stage.json`` record (key hash, wall time, peak memory, the stats). Returns the record with
-    ``cached`` = whether it was reused.
+    ``cached`` = whether it was reused. Temporary folders that killed stages left beside it are
+    removed first; a failing stage removes its own.
     """
     from bench.provenance import PeakMemory
 
     digest = hash_json(key)
     record_path = directory / "stage.json"
-    with locked(directory.parent / f".{directory.name}.lock"):
+    _remove_stale_tmp(directory.parent)
+    with locked(_stage_lock(directory.parent, directory.name)):
         if record_path.exists():
             import json
 
@@ -253,6 +255,23 @@ def run_stage(directory: Path, key: dict, work: Callable[[Path], dict]) -> dict:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return {**record, "cached": False}
+
+
+def _stage_lock(parent: Path, stage: str) -> Path:
+    return parent / f".{stage}.lock"
+
+
+def _remove_stale_tmp(parent: Path) -> None:
+    """Remove the temporary folders (``.<stage>.tmp-<pid>``) of stages killed while writing.
+
+    A stage writes its temporary folder only while holding the stage's lock, so one whose
+    lock is free belongs to a process that died (kill -9, a power cut, a killed worker)."""
+    for tmp in parent.glob(".*.tmp-*"):
+        stage = tmp.name[1:].rsplit(".tmp-", 1)[0]
+        with lock_if_free(_stage_lock(parent, stage)) as stale:
+            if stale:
+                logger.info("removing %s, left by an interrupted stage", tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_data(split, config: PageLLMConfig):

@@ -123,6 +123,16 @@ def _bench(*args, root) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _hold(lock) -> subprocess.Popen:
+    """A process holding the file lock `lock` until killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ("import sys, time; from bench.locks import locked\n"
+                                "with locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"), str(lock)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_concurrent_registrations_all_land(tmp_path):
     import json
 
@@ -138,13 +148,8 @@ def test_concurrent_registrations_all_land(tmp_path):
 def test_a_job_held_by_another_runner_is_not_redone(tmp_path, capsys):
     run = ["--root", str(tmp_path), "run", "--models", "pop", "--datasets", "synthetic-tiny", "--preset", "smoke",
            "--no-progress", "--no-table"]
-    lock = tmp_path / "work" / "smoke" / "synthetic-tiny" / "random-s0" / "pop" / "seed0" / ".job.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys, time; from bench.locks import locked\n"
-                                "with locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"), str(lock)],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    holder = _hold(tmp_path / "work" / "smoke" / "synthetic-tiny" / "random-s0" / "pop" / "seed0" / ".job.lock")
     try:
-        assert holder.stdout.readline().strip() == "held"
         assert main(run) == 0
         out = capsys.readouterr().out
         assert "0 ran, 0 skipped, 0 failed, 1 held by another runner" in out
@@ -155,3 +160,31 @@ def test_a_job_held_by_another_runner_is_not_redone(tmp_path, capsys):
         holder.wait()
     assert main(run) == 0  # the lock died with its holder
     assert "1 ran" in capsys.readouterr().out
+
+
+# --- nothing left behind ----------------------------------------------------------------------
+
+def test_a_stage_removes_what_killed_stages_left(tmp_path):
+    from pagellm.model import run_stage
+
+    killed = [tmp_path / ".finetune-abc.tmp-4242", tmp_path / ".ppo-old.tmp-17"]  # their writers died
+    running = tmp_path / ".pretrain-xyz.tmp-99"  # its writer holds the stage lock
+    for folder in (*killed, running):
+        (folder / "model").mkdir(parents=True)
+    holder = _hold(tmp_path / ".pretrain-xyz.lock")
+    try:
+        record = run_stage(tmp_path / "finetune-abc", {"k": 1}, lambda out: {"n": 1})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert record["n"] == 1 and (tmp_path / "finetune-abc" / "stage.json").exists()
+    assert not any(folder.exists() for folder in killed)
+    assert running.exists()
+
+    def fails(out):
+        (out / "half-written").write_text("x")
+        raise RuntimeError("stage failed")
+
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path / "lists-def", {"k": 2}, fails)
+    assert not list(tmp_path.glob(".*.tmp-*"))  # its own, and the pretrain one whose writer died since
