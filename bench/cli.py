@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         return COMMANDS[args.command](args)
     except BenchError as exc:
@@ -111,6 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished jobs are saved; rerun to continue", file=sys.stderr)
         return 130
+    finally:
+        restore_sigterm()
+
+
+def _sigterm_as_interrupt():
+    """`kill` (SIGTERM, also a batch scheduler's stop) ends a command as Ctrl-C does: finished
+    jobs are kept, parallel workers are stopped, interrupted writes clean up after themselves.
+    Returns the function that puts the previous handler back."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _ws(args):

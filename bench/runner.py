@@ -9,9 +9,12 @@ logged with its traceback file and does not stop the others.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
 import random
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -321,7 +324,7 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
         from joblib import Parallel, delayed
 
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        tasks = (delayed(_indexed)(index, job, preset, ws, overwrite, split.directory, threads)
+        tasks = (delayed(_in_worker)(index, job, preset, ws, overwrite, split.directory, threads)
                  for index, job, split in runnable)
         for index, outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks):
             outcomes[index] = outcome
@@ -333,3 +336,24 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
 
 def _indexed(index: int, *args) -> tuple[int, Outcome]:
     return index, _run_safely(*args)
+
+
+def _in_worker(index: int, *args) -> tuple[int, Outcome]:
+    """`_indexed` in a joblib worker process, which ends when the runner that started it dies."""
+    _exit_with_parent()
+    return _indexed(index, *args)
+
+
+@functools.cache  # one watcher per worker process
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as its parent is gone. joblib's (loky's) workers outlive a
+    runner killed by a signal and would go on training for hours, writing results nobody
+    waits for; a job they leave half done is recomputed (its locks die with them)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

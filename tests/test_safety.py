@@ -188,3 +188,71 @@ def test_a_stage_removes_what_killed_stages_left(tmp_path):
     with pytest.raises(RuntimeError):
         run_stage(tmp_path / "lists-def", {"k": 2}, fails)
     assert not list(tmp_path.glob(".*.tmp-*"))  # its own, and the pretrain one whose writer died since
+
+
+_SLEEPY = '''"""A model whose fit sleeps; importing this module registers it (also in joblib's workers)."""
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.models import MODELS, Model, ModelConfig
+
+
+@dataclass(frozen=True)
+class SleepyConfig(ModelConfig):
+    pass
+
+
+class Sleepy(Model):
+    Config = SleepyConfig
+
+    def fit(self, split, config, workdir):
+        (Path(workdir) / f"worker-{os.getpid()}").write_text("")
+        time.sleep(120)
+
+
+if "sleepy" not in MODELS:
+    MODELS.register("sleepy", "sleepy:Sleepy", family="test")
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find the workers")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_killing_a_parallel_run_stops_its_workers(tmp_path, signal_name):
+    import signal
+    import time
+
+    (tmp_path / "sleepy.py").write_text(_SLEEPY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    code = "import sys, sleepy; from bench.cli import main; sys.exit(main(sys.argv[1:]))"
+    with open(tmp_path / "stderr.txt", "w") as err:  # not a pipe: orphaned workers would hold it open
+        parent = subprocess.Popen([sys.executable, "-c", code, "--root", str(tmp_path), "run", "--models", "sleepy",
+                                   "--datasets", "synthetic-tiny", "--preset", "smoke", "--seeds", "0,1",
+                                   "--jobs", "2", "--no-progress", "--no-table"], env=env, stderr=err)
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        workers = [int(p.name.split("-")[1]) for p in (tmp_path / "work").rglob("worker-*")]
+    try:
+        assert len(workers) == 2, "the two jobs did not start in workers"
+        parent.send_signal(getattr(signal, signal_name))
+        parent.wait(timeout=30)
+        if signal_name == "SIGTERM":  # handled as Ctrl-C
+            assert parent.returncode == 130 and "interrupted" in (tmp_path / "stderr.txt").read_text()
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_alive, workers)), f"workers outlived their parent ({signal_name})"
+    finally:
+        parent.kill()
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
