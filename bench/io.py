@@ -9,18 +9,70 @@ import io
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
+from bench.errors import DataError
+
+# What reading a cut-off or corrupt gzip file raises, at any point of the read.
+_DAMAGED_GZIP = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
 
 def open_text(path: str | os.PathLike) -> IO[str]:
-    """Open a plain or gzip-compressed text file (detected by magic bytes, not the suffix)."""
+    """Open a plain or gzip-compressed UTF-8 text file (gzip detected by magic bytes, not the suffix).
+
+    Decoding is strict: a byte sequence that is not UTF-8 raises instead of being replaced, since
+    two ids differing only there would otherwise merge. Read inside `reading(path)` to turn that,
+    and a damaged gzip stream, into one DataError naming the file.
+    """
     path = Path(path)
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return open(path, "r", encoding="utf-8", errors="replace", newline="")
+    if _is_gzip(path):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, "r", encoding="utf-8", newline="")
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a damaged gzip stream or non-UTF-8 bytes met while reading `path` into a DataError."""
+    try:
+        yield
+    except _DAMAGED_GZIP as exc:
+        raise damaged_gzip_error(path, exc) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason}); ids are read exactly, never with replaced characters",
+                        path, first_non_utf8_line(path), fix="save the file as UTF-8") from None
+
+
+def damaged_gzip_error(path: str | os.PathLike, exc: BaseException) -> DataError:
+    """One message for a truncated or corrupt .gz: the file and how to get a good copy."""
+    path = Path(path)
+    # Raw files of a dataset live in <root>/data/raw/<dataset>/ (bench.paths.Workspace.raw).
+    name = path.parent.name if path.parent.parent.name == "raw" else "NAME"
+    return DataError(f"truncated or corrupt gzip file ({type(exc).__name__}: {exc})", path,
+                     fix=f"re-download it with `bench data download --datasets {name} --force`, "
+                         "or replace it with a complete copy")
+
+
+def first_non_utf8_line(path: str | os.PathLike) -> int | None:
+    """The 1-based number of the first line that is not valid UTF-8 (None when every line is)."""
+    path = Path(path)
+    opener = gzip.open if _is_gzip(path) else open
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return lineno
+    except _DAMAGED_GZIP:
+        return None
+    return None
 
 
 @contextlib.contextmanager

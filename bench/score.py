@@ -108,15 +108,15 @@ def format_table(result: dict) -> str:
 
 def _read(path: Path, what: str, required: list[str], optional: Sequence[str] = ()) -> pd.DataFrame:
     """The CSV at `path` with string columns `required` (+ those of `optional` present)."""
-    from bench.io import open_text
+    from bench.io import open_text, reading
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no {what} file here", path, fix=f"give the path of a CSV with columns {','.join(required)}")
     try:
-        with open_text(path) as fh:
+        with reading(path), open_text(path) as fh:
             df = pd.read_csv(fh, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"not a readable CSV ({str(exc).strip().splitlines()[-1]})", path,
                         fix=f"expected a header line {','.join(required)}") from exc
     df.columns = [str(c).strip() for c in df.columns]

@@ -54,7 +54,7 @@ import pandas as pd
 
 from bench.data.canonical import dedupe_latest, k_core, make_interactions, make_items
 from bench.errors import DataError
-from bench.io import open_text
+from bench.io import open_text, reading
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _expand(paths: Sequence[Path | str] | Path | str) -> list[Path]:
 
 def _first_line(path: Path) -> str:
     """The first non-blank line (BOM stripped); DataError when the file is empty."""
-    with open_text(path) as fh:
+    with reading(path), open_text(path) as fh:
         for line in fh:
             if line.strip():
                 return line.lstrip("\ufeff").strip()
@@ -354,7 +354,7 @@ def _is_number(text: str) -> bool:
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(1-based line number, object) per non-blank line; DataError on the first bad line."""
     empty = True
-    with open_text(path) as fh:
+    with reading(path), open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -375,7 +375,7 @@ def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
 def _literal_records(path: Path) -> Iterator[tuple[int, dict]]:
     """2014 metadata: one Python dict literal per line (ast.literal_eval, never eval)."""
     empty = True
-    with open_text(path) as fh:
+    with reading(path), open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             text = line.strip().lstrip("\ufeff")
             if not text:
@@ -538,7 +538,7 @@ def _read_meta_2023(path: Path) -> pd.DataFrame:
 def _read_csv(path: Path, header: bool) -> pd.DataFrame:
     """All cells as strings ('NA' stays an id), blank lines kept so row i is line i+1(+1 header)."""
     try:
-        with open_text(path) as fh:
+        with reading(path), open_text(path) as fh:
             df = pd.read_csv(fh, header=0 if header else None, dtype=str, keep_default_na=False,
                              skip_blank_lines=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:

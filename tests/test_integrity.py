@@ -1,0 +1,94 @@
+"""Nothing wrong is read, cached or downloaded silently: damaged gzip files, non-UTF-8 ids, values
+out of range, non-finite settings and scores, damaged result files and stages (issue 11, section 4)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from bench.data.readers import read_source
+from bench.errors import DataError
+
+
+def _review(user: str, item: str, rating: object = 5.0, ts: object = 1_300_000_000) -> str:
+    return (f'{{"reviewerID": "{user}", "asin": "{item}", "overall": {rating}, '
+            f'"unixReviewTime": {ts}, "verified": true}}')
+
+
+def _reviews_gz(path: Path, n: int = 2000) -> bytes:
+    text = "".join(_review(f"U{u}", f"I{u % 7}") + "\n" for u in range(n))
+    data = gzip.compress(text.encode())
+    path.write_bytes(data)
+    return data
+
+
+# --- damaged gzip ---------------------------------------------------------------------------
+
+def test_truncated_gzip_names_file_and_redownload(tmp_path):
+    raw = tmp_path / "data" / "raw" / "beauty" / "Beauty_5.json.gz"
+    raw.parent.mkdir(parents=True)
+    data = _reviews_gz(raw)
+    raw.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as err:
+        read_source(raw, "amazon2018")
+    message = str(err.value)
+    assert str(raw) in message and "truncated or corrupt gzip" in message
+    assert "bench data download --datasets beauty --force" in message
+
+
+def test_corrupt_gzip_names_file(tmp_path):
+    path = tmp_path / "Beauty_5.json.gz"
+    data = bytearray(_reviews_gz(path))
+    data[-8] ^= 0xFF  # the CRC of the stream
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="truncated or corrupt gzip.*replace it"):
+        read_source(path, "amazon2018")
+
+
+def test_truncated_gzip_csv_names_file(tmp_path):
+    path = tmp_path / "inter.csv.gz"
+    text = "user_id,item_id,rating\n" + "".join(f"u{i},i{i % 9},5\n" for i in range(5000))
+    data = gzip.compress(text.encode())
+    path.write_bytes(data[: len(data) - 40])
+    with pytest.raises(DataError, match="inter.csv.gz: truncated or corrupt gzip"):
+        read_source(path, "generic")
+
+
+# --- non-UTF-8 ids --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_non_utf8_json_line_is_an_error(tmp_path, gz):
+    # b"U\xe9" and b"U\xe8" are two users in Latin-1; replacing them would merge them into one.
+    lines = [_review(f"U{i}", "I1").encode() for i in range(3000)]
+    lines += [_review("U\xe9", "I1").encode("latin-1"), _review("U\xe8", "I2").encode("latin-1")]
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / "Beauty_5.json"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(DataError) as err:
+        read_source(path, "amazon2018")
+    assert "not UTF-8" in str(err.value) and err.value.line == 3001 and str(path) in str(err.value)
+
+
+def test_non_utf8_csv_line_is_an_error(tmp_path):
+    path = tmp_path / "inter.csv"
+    path.write_bytes(b"user_id,item_id\nu1,i1\nu\xe9,i1\nu\xe8,i2\n")
+    with pytest.raises(DataError, match=r"inter.csv, line 3: not UTF-8"):
+        read_source(path, "generic")
+
+
+def test_score_names_non_utf8_and_truncated_files(tmp_path):
+    from bench.score import score_files
+
+    train = tmp_path / "train.csv"
+    train.write_bytes(b"user_id,item_id\nu1,i1\nu\xe9,i2\n")
+    test = tmp_path / "test.csv"
+    test.write_text("user_id,item_id\nu1,i2\n")
+    recs = tmp_path / "recs.csv.gz"
+    recs.write_bytes(gzip.compress(b"user_id,item_id,rank\n" + b"u1,i2,1\n" * 5000)[:-30])
+    with pytest.raises(DataError, match=r"train.csv, line 3: not UTF-8"):
+        score_files(train, test, recs)
+    train.write_text("user_id,item_id\nu1,i1\n")
+    with pytest.raises(DataError, match=r"recs.csv.gz: truncated or corrupt gzip"):
+        score_files(train, test, recs)
