@@ -92,3 +92,55 @@ def test_score_names_non_utf8_and_truncated_files(tmp_path):
     train.write_text("user_id,item_id\nu1,i1\n")
     with pytest.raises(DataError, match=r"recs.csv.gz: truncated or corrupt gzip"):
         score_files(train, test, recs)
+
+
+# --- values out of range --------------------------------------------------------------------
+
+@pytest.mark.parametrize("rating", [-3, 1e9, 6])
+def test_json_rating_out_of_range(tmp_path, rating):
+    path = tmp_path / "Beauty_5.json"
+    path.write_text(_review("U1", "I1") + "\n" + _review("U2", "I1", rating) + "\n")
+    with pytest.raises(DataError, match=r"Beauty_5.json, line 2: rating .* out of range.*from 0 to 5"):
+        read_source(path, "amazon2018")
+
+
+@pytest.mark.parametrize("ts", ["1e30", "-5", "1700000000000"])
+def test_json_timestamp_out_of_range(tmp_path, ts):
+    path = tmp_path / "Beauty_5.json"
+    path.write_text(_review("U1", "I1") + "\n" + _review("U2", "I1", ts=ts) + "\n")
+    with pytest.raises(DataError, match=r"line 2: timestamp .* out of range.*unix seconds between 1970 and 2100"):
+        read_source(path, "amazon2018")
+
+
+def test_2023_timestamps_are_milliseconds(tmp_path):
+    ok = '{"user_id": "U1", "parent_asin": "I1", "rating": 5, "timestamp": 1600000000000}'
+    bad = '{"user_id": "U2", "parent_asin": "I1", "rating": 5, "timestamp": 1e30}'
+    path = tmp_path / "Beauty.jsonl"
+    path.write_text(ok + "\n")
+    assert read_source(path, "amazon2023")[0]["timestamp"].tolist() == [1600000000]
+    path.write_text(ok + "\n" + bad + "\n")
+    with pytest.raises(DataError, match=r"line 2: timestamp .* out of range \(this format counts milliseconds\)"):
+        read_source(path, "amazon2023")
+
+
+@pytest.mark.parametrize("row, what", [("u2,i1,-3,100", "rating"), ("u2,i1,1e9,100", "rating"),
+                                       ("u2,i1,5,1e30", "timestamp")])
+def test_csv_values_out_of_range(tmp_path, row, what):
+    path = tmp_path / "inter.csv"
+    path.write_text(f"user_id,item_id,rating,timestamp\nu1,i1,5,100\n{row}\n")
+    with pytest.raises(DataError, match=rf"inter.csv, line 3: .*{what}.* out of range"):
+        read_source(path, "generic")
+    headerless = tmp_path / "ratings_Toys.csv"
+    headerless.write_text("u1,i1,5,100\n" + row + "\n")
+    with pytest.raises(DataError, match=rf"ratings_Toys.csv, line 2: .*{what}.* out of range"):
+        read_source(headerless, "amazon2014")
+
+
+def test_make_interactions_backstop():
+    import pandas as pd
+
+    from bench.data.canonical import make_interactions
+
+    frame = pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "rating": [5.0, 4.0], "timestamp": [1, 1e30]})
+    with pytest.raises(DataError, match=r"src: timestamp 1e\+30 out of range in row 2"):
+        make_interactions(frame, "src")
