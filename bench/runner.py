@@ -146,6 +146,7 @@ def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 10
             out[start:start + len(batch), :lists.shape[1]] = lists
             continue
         scores = np.array(model.score(batch, hist), dtype=np.float32, copy=True)
+        _require_finite_scores(scores, model)
         scores[np.isnan(scores)] = -np.inf
         rows, cols = hist.nonzero()
         scores[rows, cols] = -np.inf
@@ -157,6 +158,15 @@ def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 10
         ranked[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
         out[start:start + len(batch), :kk] = ranked
     return out
+
+
+def _require_finite_scores(scores: np.ndarray, model: Model) -> None:
+    """A model whose scores (users, items) are all NaN or infinite (a diverged fit, a degenerate
+    setting) fails the job, instead of ranking nothing and being recorded with every metric 0."""
+    if scores.size and not np.isfinite(scores).any():
+        raise BenchError(f"{type(model).__name__} gave no finite score to any item for {len(scores)} users: "
+                         "its fit diverged or a setting is degenerate; check its settings "
+                         "(`bench ls --model NAME` lists them)")
 
 
 def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...]):

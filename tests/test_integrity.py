@@ -4,6 +4,7 @@ out of range, non-finite settings and scores, damaged result files and stages (i
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,46 @@ def test_make_interactions_backstop():
     frame = pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "rating": [5.0, 4.0], "timestamp": [1, 1e30]})
     with pytest.raises(DataError, match=r"src: timestamp 1e\+30 out of range in row 2"):
         make_interactions(frame, "src")
+
+
+# --- non-finite settings, scores and JSON ---------------------------------------------------
+
+@pytest.mark.parametrize("value", ["inf", ".inf", "-inf", "nan", ".nan"])
+def test_non_finite_float_setting_is_rejected(value):
+    from bench import config as cfg
+    from bench.errors import ConfigError
+    from bench.models import MODELS
+
+    overrides = cfg.parse_overrides([f"ease.l2={value}"])
+    with pytest.raises(ConfigError, match=r"ease.l2: .* is not a finite number"):
+        cfg.build(MODELS.get("ease").Config, overrides["ease"], "ease")
+
+
+def test_all_non_finite_scores_fail_the_job():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from bench.errors import BenchError
+    from bench.runner import top_k
+
+    class Diverged:
+        produces_lists = False
+
+        def score(self, users, history):
+            return np.full((len(users), 5), np.nan)
+
+    history = sp.csr_matrix((3, 5))
+    with pytest.raises(BenchError, match="Diverged gave no finite score to any item for 3 users"):
+        top_k(Diverged(), np.arange(3), history, 2)
+
+
+def test_json_files_never_hold_nan_or_infinity(tmp_path):
+    import numpy as np
+
+    from bench.io import write_json_atomic
+
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": float("inf"), "b": [np.float32("nan"), 1.5], "c": {"d": -np.inf}, "e": 2})
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}, "e": 2}
