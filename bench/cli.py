@@ -245,9 +245,24 @@ def cmd_table(args) -> int:
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
+    _warn_missing_per_user(ws, args.preset)
     for path in write_leaderboard(ws, args.preset) + write_tables(ws, args.preset):
         print(f"wrote {path}")
     return 0
+
+
+def _warn_missing_per_user(ws, preset: str | None, shown: int = 10) -> None:
+    from bench.results import missing_per_user
+
+    total, problems = missing_per_user(ws, preset)
+    if not problems:
+        return
+    print(f"warning: {len(problems)} of {total} result(s) have no usable per-user file and are left out of "
+          "the significance tests; rerun the same `bench run` to recompute them:", file=sys.stderr)
+    for text in problems[:shown]:
+        print(f"  {text}", file=sys.stderr)
+    if len(problems) > shown:
+        print(f"  ... and {len(problems) - shown} more", file=sys.stderr)
 
 
 def cmd_report(args) -> int:

@@ -139,6 +139,33 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_record(path: str | os.PathLike) -> dict:
+    """{"bytes", "sha256"} of one file: what a result or a stage records of the files it wrote."""
+    return {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
+
+
+def tree_record(directory: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, dict]:
+    """{relative POSIX path: file_record} of every file under `directory` (names in `exclude` left out)."""
+    directory = Path(directory)
+    return {p.relative_to(directory).as_posix(): file_record(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.relative_to(directory).as_posix() not in exclude}
+
+
+def record_problems(base: str | os.PathLike, records: dict[str, dict]) -> list[str]:
+    """How the files under `base` differ from `records` (see tree_record): one text per damaged file,
+    e.g. "seed0.recs.csv.gz has 120 bytes, 5012 recorded"; empty when every file matches."""
+    problems = []
+    for name, record in records.items():
+        path = Path(base) / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif "bytes" in record and path.stat().st_size != record["bytes"]:
+            problems.append(f"{path} has {path.stat().st_size} bytes, {record['bytes']} recorded")
+        elif "sha256" in record and sha256_file(path) != record["sha256"]:
+            problems.append(f"{path} differs from its recorded sha256")
+    return problems
+
+
 def hash_json(obj: object, length: int = 16) -> str:
     """Stable short hash of a JSON-able object (sorted keys)."""
     text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))

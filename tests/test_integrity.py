@@ -188,3 +188,92 @@ def test_json_files_never_hold_nan_or_infinity(tmp_path):
     text = path.read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}, "e": 2}
+
+
+# --- the result cache checks every file of a result -----------------------------------------
+
+def _run(root, capsys, models="pop,ease"):
+    from bench.cli import main
+
+    capsys.readouterr()
+    code = main(["--root", str(root), "run", "--models", models, "--datasets", "synthetic-tiny", "--preset", "smoke",
+                 "--no-progress", "--no-table"])
+    return code, capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def results_ws(tmp_path_factory):
+    from bench.cli import main
+
+    root = tmp_path_factory.mktemp("ws")
+    assert main(["--root", str(root), "run", "--models", "pop,ease", "--datasets", "synthetic-tiny",
+                 "--preset", "smoke", "--no-progress", "--no-table"]) == 0
+    return root
+
+
+def _result(root, model):
+    path = next((root / "results" / "runs").rglob(f"{model}/seed0.json"))
+    return path, json.loads(path.read_text())
+
+
+def test_result_records_its_side_files(results_ws):
+    from bench.io import sha256_file
+
+    path, result = _result(results_ws, "pop")
+    for name in (result["per_user"], result["recs"]):
+        side = path.parent / name
+        assert result["files"][name] == {"bytes": side.stat().st_size, "sha256": sha256_file(side)}
+
+
+@pytest.mark.parametrize("damage", ["truncate_recs", "delete_per_user", "garble_per_user"])
+def test_damaged_side_file_is_recomputed_with_a_warning(results_ws, capsys, caplog, damage):
+    from bench.io import file_record
+
+    path, result = _result(results_ws, "pop")
+    recs, per_user = path.parent / result["recs"], path.parent / result["per_user"]
+    if damage == "truncate_recs":
+        recs.write_bytes(recs.read_bytes()[:-20])
+        damaged = recs
+    elif damage == "delete_per_user":
+        per_user.unlink()
+        damaged = per_user
+    else:
+        data = bytearray(per_user.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        per_user.write_bytes(bytes(data))
+        damaged = per_user
+    with caplog.at_level("WARNING", logger="bench.runner"):
+        code, out = _run(results_ws, capsys)
+    assert code == 0 and "1 ran, 1 skipped, 0 failed" in out.out
+    assert f"result {path} recomputed: {damaged}" in caplog.text
+    assert _result(results_ws, "pop")[1]["files"] == {name: file_record(path.parent / name)
+                                                      for name in (result["per_user"], result["recs"])}
+    assert "0 ran, 2 skipped" in _run(results_ws, capsys)[1].out
+
+
+def test_older_result_without_file_record_is_checked_by_reading(results_ws, capsys, caplog):
+    path, result = _result(results_ws, "ease")
+    del result["files"]
+    path.write_text(json.dumps(result))
+    assert "0 ran, 2 skipped" in _run(results_ws, capsys)[1].out  # complete side files: reused
+    recs = path.parent / result["recs"]
+    recs.write_bytes(recs.read_bytes()[:-20])
+    with caplog.at_level("WARNING", logger="bench.runner"):
+        assert "1 ran, 1 skipped" in _run(results_ws, capsys)[1].out
+    assert f"{recs} is not a complete gzip file" in caplog.text
+
+
+def test_table_warns_about_results_without_per_user_file(results_ws, capsys):
+    from bench.cli import main
+
+    path, result = _result(results_ws, "ease")
+    per_user = path.parent / result["per_user"]
+    per_user.unlink()
+    try:
+        capsys.readouterr()
+        assert main(["--root", str(results_ws), "table"]) == 0
+        err = capsys.readouterr().err
+        assert "warning: 1 of 2 result(s) have no usable per-user file" in err
+        assert f"{per_user} is missing" in err
+    finally:
+        _run(results_ws, capsys)  # recomputes it for the other tests
