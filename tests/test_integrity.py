@@ -277,3 +277,51 @@ def test_table_warns_about_results_without_per_user_file(results_ws, capsys):
         assert f"{per_user} is missing" in err
     finally:
         _run(results_ws, capsys)  # recomputes it for the other tests
+
+
+# --- PageLLM stages --------------------------------------------------------------------------
+
+def _stage(directory: Path, runs: list[int]) -> dict:
+    from pagellm.model import run_stage
+
+    def work(tmp: Path) -> dict:
+        runs.append(1)
+        (tmp / "ckpt").mkdir()
+        (tmp / "ckpt" / "weights.bin").write_bytes(b"w" * 1000)
+        return {"value": 1}
+
+    return run_stage(directory, {"stage": "demo"}, work)
+
+
+@pytest.mark.parametrize("damage", ["garble_record", "truncate_file", "delete_file", "flip_byte"])
+def test_damaged_stage_is_recomputed_with_a_warning(tmp_path, caplog, damage):
+    directory, runs = tmp_path / "pretrain-abc", []
+    first = _stage(directory, runs)
+    assert list(first["files"]) == ["ckpt/weights.bin"] and first["files"]["ckpt/weights.bin"]["bytes"] == 1000
+    assert _stage(directory, runs)["cached"] and len(runs) == 1
+    weights = directory / "ckpt" / "weights.bin"
+    if damage == "garble_record":
+        (directory / "stage.json").write_text('{"hash": "ab')
+        expected = f"its record {directory / 'stage.json'} is unreadable"
+    elif damage == "truncate_file":
+        weights.write_bytes(b"w" * 10)
+        expected = f"{weights} has 10 bytes, 1000 recorded"
+    elif damage == "delete_file":
+        weights.unlink()
+        expected = f"{weights} is missing"
+    else:
+        weights.write_bytes(b"x" + b"w" * 999)
+        expected = f"{weights} differs from its recorded sha256"
+    with caplog.at_level("WARNING", logger="pagellm.model"):
+        again = _stage(directory, runs)
+    assert not again["cached"] and len(runs) == 2 and expected in caplog.text
+    assert _stage(directory, runs)["cached"] and len(runs) == 2
+
+
+def test_stage_written_before_file_records_is_reused(tmp_path):
+    directory, runs = tmp_path / "pretrain-abc", []
+    _stage(directory, runs)
+    record = json.loads((directory / "stage.json").read_text())
+    del record["files"]
+    (directory / "stage.json").write_text(json.dumps(record))
+    assert _stage(directory, runs)["cached"] and len(runs) == 1
