@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("download", help="download raw files of Amazon datasets")
     dl.add_argument("--datasets", required=True, help="comma-separated names or 'all'")
     dl.add_argument("--base-url", help="replace the release's base URL (a mirror or a local server)")
+    dl.add_argument("--force", action="store_true", help="download again, replacing files already present")
     prep = dsub.add_parser("prepare", help="read raw files into canonical tables; with --source, register your own data")
     prep.add_argument("--dataset", required=True, help="a built-in name, or a new name for your data")
     prep.add_argument("--source", type=Path, help="your file or directory (registers it under --dataset)")
@@ -285,7 +286,8 @@ def cmd_data(args) -> int:
                 print(f"{name}: nothing to download ({'embedded' if spec.embedded else spec.release})")
                 continue
             base = {"reviews": args.base_url, "meta": args.base_url} if args.base_url else None
-            paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base)
+            paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base,
+                                           force=args.force, n_reviews=spec.n_reviews)
             print(f"{name}: " + ", ".join(str(p) for p in paths))
         return 0
     if args.data_command == "prepare":

@@ -20,7 +20,7 @@ from bench.errors import DataError
 _DAMAGED_GZIP = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
-def _is_gzip(path: Path) -> bool:
+def is_gzip(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(2) == b"\x1f\x8b"
 
@@ -33,7 +33,7 @@ def open_text(path: str | os.PathLike) -> IO[str]:
     and a damaged gzip stream, into one DataError naming the file.
     """
     path = Path(path)
-    if _is_gzip(path):
+    if is_gzip(path):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, "r", encoding="utf-8", newline="")
 
@@ -63,7 +63,7 @@ def damaged_gzip_error(path: str | os.PathLike, exc: BaseException) -> DataError
 def first_non_utf8_line(path: str | os.PathLike) -> int | None:
     """The 1-based number of the first line that is not valid UTF-8 (None when every line is)."""
     path = Path(path)
-    opener = gzip.open if _is_gzip(path) else open
+    opener = gzip.open if is_gzip(path) else open
     try:
         with opener(path, "rb") as fh:
             for lineno, line in enumerate(fh, start=1):
@@ -94,6 +94,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(lock: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (created if needed): serialises read-modify-write
+    of a shared file between processes. No-op where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    Path(lock).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
