@@ -35,7 +35,10 @@ beside the canonical columns because PageLLM's prompts quote review text (throug
 processed interactions.parquet into the split's reviews.csv, train and negatives rows only).
 
 Every malformed line stops the read with one `DataError` naming the file, the 1-based line
-number and the fix; nothing is skipped silently.
+number and the fix; nothing is skipped silently. So does a line that is not UTF-8 (never
+replaced: two ids differing there would merge), a rating outside 0-5 or a timestamp outside
+1970-2100 in unix seconds (`canonical.RATING_RANGE`, `TIMESTAMP_RANGE`; the same rule for
+generic CSV), and a truncated or corrupt gzip file (the message says how to get it again).
 """
 
 from __future__ import annotations
