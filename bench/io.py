@@ -53,11 +53,10 @@ def reading(path: str | os.PathLike) -> Iterator[None]:
 def damaged_gzip_error(path: str | os.PathLike, exc: BaseException) -> DataError:
     """One message for a truncated or corrupt .gz: the file and how to get a good copy."""
     path = Path(path)
-    # Raw files of a dataset live in <root>/data/raw/<dataset>/ (bench.paths.Workspace.raw).
-    name = path.parent.name if path.parent.parent.name == "raw" else "NAME"
-    return DataError(f"truncated or corrupt gzip file ({type(exc).__name__}: {exc})", path,
-                     fix=f"re-download it with `bench data download --datasets {name} --force`, "
-                         "or replace it with a complete copy")
+    fix = "replace it with a complete copy, or download it again if it was downloaded"
+    if path.parent.parent.name == "raw":  # a dataset's raw file: <root>/data/raw/<dataset>/ (Workspace.raw)
+        fix = f"re-download it with `bench data download --datasets {path.parent.name} --force`, or {fix}"
+    return DataError(f"truncated or corrupt gzip file ({type(exc).__name__}: {exc})", path, fix=fix)
 
 
 def first_non_utf8_line(path: str | os.PathLike) -> int | None:
