@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("download", help="download raw files of Amazon datasets")
     dl.add_argument("--datasets", required=True, help="comma-separated names or 'all'")
     dl.add_argument("--base-url", help="replace the release's base URL (a mirror or a local server)")
+    dl.add_argument("--force", action="store_true", help="download again, replacing files already present")
     prep = dsub.add_parser("prepare", help="read raw files into canonical tables; with --source, register your own data")
     prep.add_argument("--dataset", required=True, help="a built-in name, or a new name for your data")
     prep.add_argument("--source", type=Path, help="your file or directory (registers it under --dataset)")
@@ -267,9 +268,24 @@ def cmd_table(args) -> int:
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
+    _warn_missing_per_user(ws, args.preset)
     for path in write_leaderboard(ws, args.preset) + write_tables(ws, args.preset):
         print(f"wrote {path}")
     return 0
+
+
+def _warn_missing_per_user(ws, preset: str | None, shown: int = 10) -> None:
+    from bench.results import missing_per_user
+
+    total, problems = missing_per_user(ws, preset)
+    if not problems:
+        return
+    print(f"warning: {len(problems)} of {total} result(s) have no usable per-user file and are left out of "
+          "the significance tests; rerun the same `bench run` to recompute them:", file=sys.stderr)
+    for text in problems[:shown]:
+        print(f"  {text}", file=sys.stderr)
+    if len(problems) > shown:
+        print(f"  ... and {len(problems) - shown} more", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -292,7 +308,8 @@ def cmd_data(args) -> int:
                 print(f"{name}: nothing to download ({'embedded' if spec.embedded else spec.release})")
                 continue
             base = {"reviews": args.base_url, "meta": args.base_url} if args.base_url else None
-            paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base)
+            paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base,
+                                           force=args.force, n_reviews=spec.n_reviews)
             print(f"{name}: " + ", ".join(str(p) for p in paths))
         return 0
     if args.data_command == "prepare":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if hint in (int, float, str):
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return hint(value)
+            coerced = hint(value)
+            if hint is float and not math.isfinite(coerced):
+                # inf/nan would train nothing and be recorded as a run with every metric 0
+                raise ConfigError(f"{where}: {value!r} is not a finite number")
+            return coerced
         if origin is tuple:
             items = value if isinstance(value, (list, tuple)) else [value]
             args = typing.get_args(hint)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench import config as cfg
+from bench import io
 from bench.data.datasets import ensure_split, resolve_datasets
 from bench.data.splits import Split, SplitSpec
 from bench.errors import BenchError, NotApplicable
@@ -150,6 +151,7 @@ def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 10
             out[start:start + len(batch), :lists.shape[1]] = lists
             continue
         scores = np.array(model.score(batch, hist), dtype=np.float32, copy=True)
+        _require_finite_scores(scores, model)
         scores[np.isnan(scores)] = -np.inf
         rows, cols = hist.nonzero()
         scores[rows, cols] = -np.inf
@@ -161,6 +163,15 @@ def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 10
         ranked[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
         out[start:start + len(batch), :kk] = ranked
     return out
+
+
+def _require_finite_scores(scores: np.ndarray, model: Model) -> None:
+    """A model whose scores (users, items) are all NaN or infinite (a diverged fit, a degenerate
+    setting) fails the job, instead of ranking nothing and being recorded with every metric 0."""
+    if scores.size and not np.isfinite(scores).any():
+        raise BenchError(f"{type(model).__name__} gave no finite score to any item for {len(scores)} users: "
+                         "its fit diverged or a setting is degenerate; check its settings "
+                         "(`bench ls --model NAME` lists them)")
 
 
 def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...]):
@@ -177,15 +188,8 @@ def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = Fa
     path = job.result_path(ws)
     split = split or ensure_split(job.dataset, ws, job.split, download=download)
     config_hash = job.config_hash(preset)
-    if path.exists() and not overwrite:
-        from bench.results import load_result
-
-        try:
-            old = load_result(path)
-            if old.get("config_hash") == config_hash and old.get("split", {}).get("hash") == split.hash:
-                return Outcome(job, "skipped", path)
-        except BenchError:
-            logger.warning("unreadable result %s is recomputed", path)
+    if path.exists() and not overwrite and _reusable(path, config_hash, split.hash):
+        return Outcome(job, "skipped", path)
 
     workdir = ws.root / "work" / job.key
     workdir.mkdir(parents=True, exist_ok=True)
@@ -218,12 +222,31 @@ def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = Fa
         "metric_settings": {"ks": list(preset.ks), "topk": preset.topk, "ranked_k": 100, "diversity_k": 20,
                             "similarity": "category", "definitions": METRICS_VERSION},
         "per_user": per_user_path.name, "recs": recs_path.name,
+        "files": {p.name: io.file_record(p) for p in (per_user_path, recs_path)},
         "timing": {"fit_seconds": round(t1 - t0, 3), "predict_seconds": round(t2 - t1, 3), **memory.report()},
         "model_info": model.extra_result(),
         "provenance": provenance(),
     }
     write_json_atomic(path, result)
     return Outcome(job, "ran", path)
+
+
+def _reusable(path: Path, config_hash: str, split_hash: str) -> bool:
+    """Whether the result at `path` is this job's and complete: its JSON readable, same config and
+    split, and every side file intact. A damaged result is recomputed, with a warning saying why."""
+    from bench.results import damaged_side_files, load_result
+
+    try:
+        old = load_result(path)
+    except BenchError as exc:
+        logger.warning("result recomputed: %s", exc)
+        return False
+    if old.get("config_hash") != config_hash or old.get("split", {}).get("hash") != split_hash:
+        return False
+    problems = damaged_side_files(path, old)
+    if problems:
+        logger.warning("result %s recomputed: %s", path, "; ".join(problems))
+    return not problems
 
 
 def _recs_frame(split: Split, users: np.ndarray, recs: np.ndarray) -> pd.DataFrame:

@@ -3,9 +3,11 @@
 interactions: one row per (user, item) event
     user       str    original user id
     item       str    original item id
-    rating     float  1-5 stars; NaN when the source has no ratings (implicit feedback:
-                      every such row is a positive)
-    timestamp  int64  unix seconds (0 when the source has none)
+    rating     float  stars, within RATING_RANGE (0-5: the binarisation "> 3" assumes the
+                      5-point scale); NaN when the source has no ratings (implicit
+                      feedback: every such row is a positive)
+    timestamp  int64  unix seconds within TIMESTAMP_RANGE (1970-2100; 0 when the source
+                      has none)
     review_text, summary   str, optional: only from Amazon reviews files (readers add them
                       after `make_interactions`); the split keeps the text of train and
                       negatives rows in reviews.csv (`bench.data.splits`)
@@ -31,6 +33,12 @@ from bench.errors import DataError
 INTERACTION_COLUMNS = ["user", "item", "rating", "timestamp"]
 ITEM_COLUMNS = ["item", "title", "brand", "categories", "description"]
 POSITIVE_THRESHOLD = 3.0  # the paper's binarisation: rating > 3 is a positive
+# Values outside these ranges are input errors (a -3 or 1e9 rating, a 1e30 timestamp that would
+# wrap to the minimum int64), reported by the readers with the file and line.
+RATING_RANGE = (0.0, 5.0)
+TIMESTAMP_RANGE = (0, 4_102_444_800)  # unix seconds: 1970-01-01 .. 2100-01-01
+RATING_RULE = "ratings are stars from 0 to 5 (rescale other scales; omit the column for implicit feedback)"
+TIMESTAMP_RULE = "timestamps are unix seconds between 1970 and 2100 (milliseconds? divide by 1000)"
 
 _SPACE = re.compile(r"\s+")
 
@@ -57,23 +65,39 @@ def split_categories(value: str) -> list[str]:
     return [c for c in str(value).split("|") if c] if isinstance(value, str) else []
 
 
+def out_of_range(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """(n,) bool: values that are not finite or lie outside `bounds` (NaN counts as bad)."""
+    values = np.asarray(values, dtype="float64")
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(values) | (values < bounds[0]) | (values > bounds[1])
+
+
 def make_interactions(df: pd.DataFrame, source: object) -> pd.DataFrame:
-    """Validate and type a reader's output; raise one clear error when it is empty."""
+    """Validate and type a reader's output; raise one clear error when it is empty or a rating
+    or timestamp is out of range (readers check first, naming the line; this is the backstop)."""
     missing = [c for c in ("user", "item") if c not in df.columns]
     if missing:
         raise DataError(f"no {', '.join(missing)} column", source)
     if len(df) == 0:
         raise DataError("no interactions found (the file is empty)", source,
                         fix="check that this is the right file and format")
-    out = pd.DataFrame({
-        "user": df["user"].astype(str),
-        "item": df["item"].astype(str),
-        "rating": pd.to_numeric(df["rating"], errors="coerce").astype("float64")
-        if "rating" in df.columns else np.nan,
-        "timestamp": pd.to_numeric(df["timestamp"], errors="coerce").fillna(0).astype("int64")
-        if "timestamp" in df.columns else 0,
-    })
+    rating = pd.to_numeric(df["rating"], errors="coerce").astype("float64").to_numpy() \
+        if "rating" in df.columns else np.full(len(df), np.nan)
+    stamp = pd.to_numeric(df["timestamp"], errors="coerce").fillna(0).astype("float64").to_numpy() \
+        if "timestamp" in df.columns else np.zeros(len(df))
+    _check_range(rating, ~np.isnan(rating), RATING_RANGE, "rating", RATING_RULE, source)
+    _check_range(stamp, np.ones(len(df), dtype=bool), TIMESTAMP_RANGE, "timestamp", TIMESTAMP_RULE, source)
+    out = pd.DataFrame({"user": df["user"].astype(str).to_numpy(), "item": df["item"].astype(str).to_numpy(),
+                        "rating": rating, "timestamp": stamp.astype("int64")})
     return out.reset_index(drop=True)
+
+
+def _check_range(values: np.ndarray, checked: np.ndarray, bounds: tuple[float, float], what: str,
+                 rule: str, source: object) -> None:
+    bad = np.flatnonzero(checked & out_of_range(values, bounds))
+    if len(bad):
+        raise DataError(f"{what} {float(values[bad[0]])!r} out of range in row {bad[0] + 1} "
+                        f"({len(bad)} such rows)", source, fix=rule)
 
 
 def make_items(df: pd.DataFrame | None) -> pd.DataFrame:

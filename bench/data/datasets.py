@@ -220,13 +220,15 @@ def raw_files(spec: DatasetSpec, ws: Workspace, *, download: bool = False) -> li
     expected = {part: raw_dir / url.rsplit("/", 1)[-1] for part, url in dl.file_urls(spec.release, spec.category).items()}
     missing = [p for p in expected.values() if not p.exists()]
     if missing and download:
-        dl.fetch_release_files(spec.release, spec.category, raw_dir)
+        dl.fetch_release_files(spec.release, spec.category, raw_dir, n_reviews=spec.n_reviews)
         missing = [p for p in expected.values() if not p.exists()]
     if missing and not expected["reviews"].exists():
         raise DataError(f"raw files of {spec.name} are missing", missing[0],
                         fix=f"run `bench data download --datasets {spec.name}`, or place "
                             f"{', '.join(p.name for p in missing)} in {raw_dir} by hand")
-    return [p for p in expected.values() if p.exists()]
+    present = [p for p in expected.values() if p.exists()]
+    dl.verify_recorded(present)  # a file changed since its download is an error, not silently read
+    return present
 
 
 def source_fingerprint(spec: DatasetSpec, ws: Workspace, *, download: bool = False) -> tuple[list[Path], str]:
