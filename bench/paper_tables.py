@@ -42,7 +42,7 @@ import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -1321,16 +1321,52 @@ def write_tables(ws: Workspace, preset: str | None = None) -> list[Path]:
 # The reproduction report
 # ---------------------------------------------------------------------------------------------
 
-def _pick_blocks(blocks: list, designated: str, usable) -> tuple[list, str]:
-    """The designated preset's blocks when it has usable results, else every usable block."""
+@cache
+def preset_is_evidence(name: str) -> bool:
+    """False when the shipped preset `name` says `evidence: false` (e.g. `smoke`: tiny settings that check
+    that everything runs); True otherwise, also for a preset that is not shipped (a user's own, an old name):
+    nothing says its settings are not real."""
+    from bench.config import load_preset
+    from bench.errors import BenchError
+
+    try:
+        return load_preset(name).evidence
+    except BenchError:  # unknown name, or a preset file this version cannot read
+        return True
+
+
+def _not_evidence(presets) -> str:
+    """The answer of a claim that only runs at settings that are not evidence could answer."""
+    return f"not tested ({', '.join(sorted(set(presets)))} settings are not evidence)"
+
+
+def _pick_blocks(blocks: list, designated: str, usable, preset_of=lambda b: b.preset) -> tuple[list, str, bool]:
+    """(blocks, basis, evidence): the designated preset's usable blocks, else every usable block of a
+    preset that is evidence; only when there are none, the usable blocks of presets that are not
+    (`evidence: false`), with evidence = False so that the claim reads "not tested"."""
     usable_blocks = [b for b in blocks if usable(b)]
-    chosen = [b for b in usable_blocks if b.preset == designated]
+    real = [b for b in usable_blocks if preset_is_evidence(preset_of(b))]
+    chosen = [b for b in real if preset_of(b) == designated]
     if chosen:
-        return chosen, f"from preset `{designated}`"
+        return chosen, f"from preset `{designated}`", True
+    if real:
+        presets = ", ".join(f"`{p}`" for p in sorted({preset_of(b) for b in real}))
+        return real, f"preset `{designated}` has no usable results; answered from preset(s) {presets}", True
     if usable_blocks:
-        presets = ", ".join(f"`{p}`" for p in sorted({b.preset for b in usable_blocks}))
-        return usable_blocks, f"preset `{designated}` has no usable results; answered from preset(s) {presets}"
-    return [], f"no usable results (run `bench run --preset {designated}`)"
+        presets = ", ".join(f"`{p}`" for p in sorted({preset_of(b) for b in usable_blocks}))
+        return usable_blocks, (f"only preset(s) {presets}, whose settings are not evidence; run "
+                               f"`bench run --preset {designated}`"), False
+    return [], f"no usable results (run `bench run --preset {designated}`)", True
+
+
+def _orientation_only(claim: Claim, blocks: list, preset_of=lambda b: b.preset) -> Claim:
+    """Turn a yes / no computed from runs that are not evidence into "not tested", keeping the numbers."""
+    if claim.answer in ("yes", "no"):
+        claim.summary = (f"Not an answer: computed from runs whose settings are not evidence (they check that "
+                         f"everything runs), shown for orientation only. Their outcome: {claim.answer}. "
+                         + claim.summary)
+        claim.answer = _not_evidence(preset_of(b) for b in blocks)
+    return claim
 
 
 def _better(metric: str, a: float, b: float) -> bool:
@@ -1360,7 +1396,7 @@ def _p_text(p: float, sig: bool, floor: float = 0.0) -> str:
 @dataclass
 class Claim:
     title: str
-    answer: str  # yes | no | not run
+    answer: str  # yes | no | not run | not tested (<presets> settings are not evidence)
     summary: str
     basis: str
     rule: str
@@ -1391,7 +1427,7 @@ def _comparison_claim(title: str, rule: str, table: Table, designated: str, pair
 
     pairs_of(block) -> [(entry, reference or metric -> reference)] to compare in that block.
     """
-    blocks, basis = _pick_blocks(table.blocks, designated, lambda b: bool(pairs_of(b)))
+    blocks, basis, evidence = _pick_blocks(table.blocks, designated, lambda b: bool(pairs_of(b)))
     claim = Claim(title, "not run", "", basis, rule,
                   ["dataset", "split", "preset", "metric", "model", "ours", "compared with", "theirs", "Δ",
                    "Holm p", "paper: model", "paper: best baseline" if paper_best_baseline else "paper: compared"])
@@ -1435,7 +1471,7 @@ def _comparison_claim(title: str, rule: str, table: Table, designated: str, pair
                      f"significantly worse in {sig_worse}; Holm-corrected p < {ALPHA}).")
     if losses:
         claim.summary += " Not better: " + "; ".join(losses) + "."
-    return claim
+    return claim if evidence else _orientation_only(claim, blocks)
 
 
 def _claim_best(tables: dict[str, Table]) -> Claim:
@@ -1480,7 +1516,7 @@ def _claim_ablation(tables: dict[str, Table]) -> Claim:
         f"{', '.join(CLAIM_METRICS)}.", t, PRESET_OF[t.key], pairs, list(CLAIM_METRICS))
     ran = {b.model_of(e) for b in t.blocks for e in b.entries}
     missing = [v for v in ABLATIONS if v not in ran]
-    if missing and claim.answer != "not run":
+    if missing and claim.answer in ("yes", "no"):
         claim.summary += f" Variants not run: {', '.join(missing)}."
     return claim
 
@@ -1510,7 +1546,7 @@ def _claim_cold(tables: dict[str, Table], per_user: PerUser) -> Claim:
     t = tables["cold_start"]
     usable = lambda p: any(p.full.model_of(e) == "pagellm" for e in p.full.entries) and any(
         not is_pagellm(p.full.model_of(e)) for e in p.full.entries)
-    pairs, basis = _pick_blocks(t.blocks, PRESET_OF[t.key], usable)
+    pairs, basis, evidence = _pick_blocks(t.blocks, PRESET_OF[t.key], usable)
     claim = Claim("Cold start hurts PageLLM less than the baselines (Appendix F)", "not run", "", basis,
                   f"yes when `pagellm`'s relative change (cold − full) / full is above (a smaller drop than) that of "
                   f"every other model run, on each of {', '.join(CLAIM_METRICS)}. Significance: paired bootstrap "
@@ -1578,20 +1614,18 @@ def _claim_cold(tables: dict[str, Table], per_user: PerUser) -> Claim:
                      f"after Holm).")
     if losses:
         claim.summary += " Not smaller: " + "; ".join(losses) + "."
-    return claim
+    return claim if evidence else _orientation_only(claim, pairs)
 
 
 def _claim_judge(tables: dict[str, Table]) -> Claim:
     t = tables["judge_winrate"]
-    records = [r for r in t.blocks if r["model"] == "pagellm" or str(r["model"]).startswith("pagellm [")]
-    chosen = [r for r in records if r["preset"] == PRESET_OF[t.key]] or records
-    if chosen and chosen[0]["preset"] == PRESET_OF[t.key]:
-        basis = f"from preset `{PRESET_OF[t.key]}`"
-    elif chosen:
-        basis = (f"preset `{PRESET_OF[t.key]}` has no usable results; answered from preset(s) "
-                 + ", ".join(f"`{p}`" for p in sorted({r["preset"] for r in chosen})))
-    else:
-        basis = f"no usable results (run `bench run --preset {PRESET_OF[t.key]}`)"
+
+    def preset_of(record: dict) -> str:  # the judge table's blocks are records
+        return record["preset"]
+
+    chosen, basis, evidence = _pick_blocks(
+        t.blocks, PRESET_OF[t.key], lambda r: r["model"] == "pagellm" or str(r["model"]).startswith("pagellm ["),
+        preset_of)
     claim = Claim("The LLM judge prefers PageLLM's pages to the best baseline's (Figure 3)", "not run", "", basis,
                   "yes when PageLLM wins more often than it loses in every judged comparison (aspect `overall` "
                   "when present, else every aspect). Significance: two-sided sign test, Holm-corrected.",
@@ -1609,7 +1643,7 @@ def _claim_judge(tables: dict[str, Table]) -> Claim:
     claim.answer = "yes" if deciding == len(overall) else "no"
     claim.summary = (f"PageLLM wins more than it loses in {deciding} of {len(overall)} deciding judged comparisons "
                      f"({n_sig} significantly, Holm-corrected sign test).")
-    return claim
+    return claim if evidence else _orientation_only(claim, chosen, preset_of)
 
 
 def build_report(ws: Workspace, preset: str | None = None) -> str:
@@ -1627,8 +1661,11 @@ def build_report(ws: Workspace, preset: str | None = None) -> str:
              f"Generated by `bench report` from {n_files} result file(s) under `results/runs/`"
              + (f" (preset `{preset}` only)" if preset else "") + f"; presets read: {presets}. "
              "Every answer below is computed from those files: **yes** = this run reproduces the claim under the "
-             "stated rule, **no** = it does not, **not run** = the runs it needs are missing. The tables "
-             "with every number are under `results/tables/` (`bench table`).", "",
+             "stated rule, **no** = it does not, **not tested** = the only runs it could rest on were made at "
+             "settings their preset marks as not evidence (`evidence: false`, e.g. `smoke`: tiny models and a few "
+             "epochs, which check that everything runs; their numbers are shown for orientation), **not run** = "
+             "the runs it needs are missing. The tables with every number are under `results/tables/` "
+             "(`bench table`).", "",
              "| # | claim | answer | basis |", "|---|---|---|---|"]
     for i, c in enumerate(claims, 1):
         parts.append(f"| {i} | {c.title} | **{c.answer}** | {c.basis} |")

@@ -372,3 +372,58 @@ def test_reward_fields_parsed_leniently(caplog):
                                            {"epoch": 2, "reward_greedy": 0.4, "jaccard20_sft": 0.5}]))
     # no reward_greedy_sft recorded: the fine-tuned lists' reward is epoch 0's reward_greedy
     assert final["reward_gain"] == pytest.approx(0.3) and final["epochs"] == 2 and final["jaccard20_sft"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Evidence: runs at settings a preset marks `evidence: false` (smoke) never answer a claim
+# ---------------------------------------------------------------------------------------------
+
+def _relabel(runs: Path, src: str, dst: str) -> None:
+    """Move the fixture runs of preset `src` to preset `dst` (directory and the `preset` field)."""
+    shutil.move(str(runs / src), str(runs / dst))
+    for path in (runs / dst).rglob("seed*.json"):
+        data = json.loads(path.read_text())
+        data["preset"] = dst
+        path.write_text(json.dumps(data))
+
+
+def test_smoke_preset_is_marked_not_evidence():
+    from bench.config import load_preset
+
+    assert load_preset("smoke").evidence is False
+    assert load_preset("paper").evidence is True
+    assert pt.preset_is_evidence("smoke") is False and pt.preset_is_evidence("paper") is True
+    assert pt.preset_is_evidence("a-preset-of-mine") is True  # not shipped: nothing says it is not evidence
+
+
+def test_report_from_smoke_runs_only_says_not_tested(tmp_path):
+    """The fixture runs relabelled `smoke`: every claim reads "not tested", none a bold "no" or "yes"."""
+    runs = tmp_path / "results" / "runs"
+    shutil.copytree(RUNS, runs)
+    _relabel(runs, "paper", "smoke")
+    _relabel(runs, "backbones", "smoke-backbones")  # any name: stays evidence, but holds no claim's runs
+    text = pt.build_report(Workspace.at(tmp_path))
+    assert text.count("| **not tested (smoke settings are not evidence)** |") == 5, text
+    assert "| **no** |" not in text and "| **yes** |" not in text
+    assert "only preset(s) `smoke`, whose settings are not evidence" in text
+    # the numbers are still shown, for orientation
+    assert "am-beauty-2014 recall@20: pagellm 0.3923 vs sasrec 0.3989" in text
+
+
+def test_report_answers_from_real_settings_beside_smoke(tmp_path):
+    """Smoke runs beside runs at real settings: the answers rest on the real ones alone."""
+    runs = tmp_path / "results" / "runs"
+    shutil.copytree(RUNS, runs)
+    shutil.copytree(RUNS / "paper", runs / "smoke")
+    for path in (runs / "smoke").rglob("seed*.json"):  # smoke says pagellm is best everywhere
+        data = json.loads(path.read_text())
+        data["preset"] = "smoke"
+        if data["model"] == "pagellm":
+            data["metrics"] = {k: (v * 3 if isinstance(v, float) and k != "wmrd" else v)
+                               for k, v in data["metrics"].items()}
+        path.write_text(json.dumps(data))
+    text = pt.build_report(Workspace.at(tmp_path))
+    assert "| 1 | PageLLM is the best model on each dataset (Table 2) | **no** | from preset `paper` |" in text
+    assert ("| 2 | The reward helps: pagellm beats pagellm-sft (Table 1) | **no** | preset `reward` has no usable "
+            "results; answered from preset(s) `paper` |") in text  # smoke's blocks are not mixed in
+    assert "not tested" not in text.split("Notes:")[0].split("| # |")[1]
