@@ -1284,8 +1284,9 @@ def judge_table(frame: pd.DataFrame, out_dir: Path | None) -> Table:
 
     key = "judge_winrate"
     t = Table(key, "Figure 3 · LLM-judge win rate against the best baseline",
-              "Win / tie / loss counts of each judged model against its baseline, summed over seeds. Win rate = "
-              "wins / (wins + ties + losses) with a 95% Wilson interval; p = two-sided sign test of wins vs losses "
+              "Win / tie / loss counts of each judged model against its baseline, summed over seeds; n = verdicts "
+              "(one per judged user and seed, each from both orders). Win rate = wins / n with a 95% Wilson score interval (the figure's error "
+              "bars); p = two-sided sign test of wins vs losses "
               "(ties left out), Holm-corrected across the table; † = corrected p < 0.05.",
               notes=["Expected input: result files whose `model_info.judge` is {\"wins\", \"ties\", \"losses\", "
                      "\"baseline\"} (or one such mapping per aspect). The paper's Figure 3 numbers are not "
@@ -1317,31 +1318,53 @@ def judge_table(frame: pd.DataFrame, out_dir: Path | None) -> Table:
     t.blocks = agg.to_dict("records")
     for (preset, split, dataset), sub in agg.groupby(["preset", "split", "dataset"], sort=True):
         rows = [[Cell(r["model"]), Cell(r["baseline"]), Cell(r["aspect"]), Cell(str(r["seeds"])),
-                 Cell(str(r["wins"])), Cell(str(r["ties"])), Cell(str(r["losses"])),
+                 Cell(str(r["wins"])), Cell(str(r["ties"])), Cell(str(r["losses"])), Cell(str(r["n"])),
                  Cell(f"{r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]" if r["n"] else ""),
                  Cell(_p_text(r["p_holm"], bool(r["significant"])))] for _, r in sub.iterrows()]
         t.sections.append(Section(f"{dataset} · split {split} · preset {preset}",
-                                  ["model", "baseline", "aspect", "seeds", "wins", "ties", "losses",
+                                  ["model", "baseline", "aspect", "seeds", "wins", "ties", "losses", "n",
                                    "win rate [95% CI]", "Holm p"], rows))
     if out_dir is not None:
         t.figure = _judge_figure(agg, out_dir / "judge_winrate.png")
     return t
 
 
+def judge_figure_data(agg: pd.DataFrame) -> pd.DataFrame:
+    """What Figure 3 draws, one row per bar: label (with n = verdicts and the seeds), the win / tie / loss
+    shares and the 95% Wilson interval of the win rate, all in %. `agg`: the judge table's tidy frame."""
+    n = agg["n"].where(agg["n"] > 0).astype(float)
+    seeds = agg["seeds"].astype(int)
+    return pd.DataFrame({
+        "label": [f"{r['model']} vs {r['baseline']} ({r['aspect']}), {r['dataset']}\nn = {int(r['n'])} verdicts, "
+                  f"{s} seed{'s' if s != 1 else ''}" for (_, r), s in zip(agg.iterrows(), seeds)],
+        "aspect": agg["aspect"].to_numpy(), "n": agg["n"].astype(int).to_numpy(),
+        "win_pct": (100 * agg["wins"] / n).to_numpy(), "tie_pct": (100 * agg["ties"] / n).to_numpy(),
+        "loss_pct": (100 * agg["losses"] / n).to_numpy(),
+        "ci_low_pct": (100 * agg["ci_low"]).to_numpy(dtype=float),
+        "ci_high_pct": (100 * agg["ci_high"]).to_numpy(dtype=float)})
+
+
 def _judge_figure(agg: pd.DataFrame, path: Path) -> str:
-    labels = [f"{r['model']} vs {r['baseline']} ({r['aspect']}), {r['dataset']}" for _, r in agg.iterrows()]
-    fig = _new_figure(8, 1.0 + 0.45 * len(agg))
+    data = judge_figure_data(agg)
+    fig = _new_figure(8, 1.0 + 0.6 * len(data))
     ax = fig.subplots()
-    n = agg["n"].where(agg["n"] > 0, 1).to_numpy(dtype=float)
-    left = np.zeros(len(agg))
-    for col, colour in (("wins", "#2e7d32"), ("ties", "#9e9e9e"), ("losses", "#c62828")):
-        share = 100 * agg[col].to_numpy(dtype=float) / n
-        ax.barh(labels, share, left=left, color=colour, label=col)
+    y = np.arange(len(data))
+    left = np.zeros(len(data))
+    for col, name, colour in (("win_pct", "wins", "#2e7d32"), ("tie_pct", "ties", "#9e9e9e"),
+                              ("loss_pct", "losses", "#c62828")):
+        share = np.nan_to_num(data[col].to_numpy(dtype=float))
+        ax.barh(y, share, left=left, color=colour, label=name)
         left += share
+    # the win share's 95% Wilson interval, drawn at the end of the wins bar
+    win = data["win_pct"].to_numpy(dtype=float)
+    err = np.vstack([win - data["ci_low_pct"].to_numpy(dtype=float), data["ci_high_pct"].to_numpy(dtype=float) - win])
+    ax.errorbar(win, y, xerr=np.nan_to_num(err), fmt="none", ecolor="black", elinewidth=1.2, capsize=4,
+                label="win rate, 95% Wilson interval")
+    ax.set_yticks(y, data["label"], fontsize=8)
     ax.set_xlim(0, 100)
-    ax.set_xlabel("% of judged users")
+    ax.set_xlabel("% of verdicts (n per bar: judged users x seeds)")
     ax.invert_yaxis()
-    ax.legend(ncol=3, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.legend(ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return _save_figure(fig, path)
 

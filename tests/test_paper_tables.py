@@ -487,3 +487,19 @@ def test_report_answers_from_real_settings_beside_smoke(tmp_path):
     assert ("| 2 | The reward helps: pagellm beats pagellm-sft (Table 1) | **no** | preset `reward` has no usable "
             "results; answered from preset(s) `paper` |") in text  # smoke's blocks are not mixed in
     assert "not tested" not in text.split("Notes:")[0].split("| # |")[1]
+
+
+def test_judge_figure_shows_n_and_wilson_intervals(rendered):
+    """Figure 3's bars come with n in their labels and a 95% Wilson interval on the win share (README)."""
+    tidy = _tidy(rendered, "judge_winrate")
+    data = pt.judge_figure_data(tidy)
+    overall = data[data["aspect"] == "overall"].iloc[0]
+    # am-toys pagellm overall, seeds 0 and 1: 34 + 31 wins, 10 + 12 ties, 16 + 17 losses
+    assert overall["n"] == 120 and "n = 120" in overall["label"] and "2 seeds" in overall["label"]
+    low, high = pt._wilson(65, 120)
+    assert overall["win_pct"] == pytest.approx(100 * 65 / 120)
+    assert (overall["ci_low_pct"], overall["ci_high_pct"]) == (pytest.approx(100 * low), pytest.approx(100 * high))
+    assert (data["ci_low_pct"] <= data["win_pct"]).all() and (data["win_pct"] <= data["ci_high_pct"]).all()
+    assert {"ci_low", "ci_high", "n"} <= set(tidy.columns)  # the numbers behind the figure, in its CSV
+    png = rendered / "results" / "tables" / "judge_winrate.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)
