@@ -14,7 +14,7 @@
 Decisions (also printed under every table and in the report):
 
 - Recall: the paper's Recall@K is compared with our ``recall_mvae@K`` (hits / min(K, |T|), the
-  Multi-VAE / MD-CVAE convention the paper most likely used, see spec/metrics.md). Our standard
+  Multi-VAE / MD-CVAE convention the paper most likely used, see docs/metrics.md). Our standard
   ``recall@K`` (hits / |T|) is shown beside it, without a paper number.
 - Significance: two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences
   dropped) over per-user metrics of the users both models scored. With several seeds, each user's
@@ -107,7 +107,7 @@ PRESET_OF = {"table1_reward": "reward", "table2_baselines": "paper", "table3_bac
              "table5_ablation": "ablation", "cold_start": "cold-start", "judge_winrate": "judge"}
 
 DEFINITIONS_NOTE = (
-    "Metric definitions (spec/metrics.md) differ from the paper's in places: recall@K = hits / |T| (standard); "
+    "Metric definitions (docs/metrics.md) differ from the paper's in places: recall@K = hits / |T| (standard); "
     "recall_mvae@K = hits / min(K, |T|), the Multi-VAE convention the paper's Recall most likely follows, so the "
     "paper's Recall@K is printed under recall_mvae@K. was, dpa, wmrd, pwkt (K = 100) are normalised by the sum of "
     "position weights so that a perfect page scores 1; the paper's WAS divides by N and its values (WAS ~0.016, "
