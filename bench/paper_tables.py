@@ -1358,7 +1358,8 @@ def _judge_figure(agg: pd.DataFrame, path: Path) -> str:
     # the win share's 95% Wilson interval, drawn at the end of the wins bar
     win = data["win_pct"].to_numpy(dtype=float)
     err = np.vstack([win - data["ci_low_pct"].to_numpy(dtype=float), data["ci_high_pct"].to_numpy(dtype=float) - win])
-    ax.errorbar(win, y, xerr=np.nan_to_num(err), fmt="none", ecolor="black", elinewidth=1.2, capsize=4,
+    err = np.clip(np.nan_to_num(err), 0, None)  # a 100% win rate's upper bound rounds to a hair below it
+    ax.errorbar(win, y, xerr=err, fmt="none", ecolor="black", elinewidth=1.2, capsize=4,
                 label="win rate, 95% Wilson interval")
     ax.set_yticks(y, data["label"], fontsize=8)
     ax.set_xlim(0, 100)
