@@ -38,6 +38,9 @@ class Preset:
     aliases: dict = field(default_factory=dict)
     # settings of the LLM judge run after the grid (bench.judge.JudgeConfig); empty = no judge
     judge: dict = field(default_factory=dict)
+    # False: its settings check that everything runs (tiny models, a few epochs), so `bench report`
+    # never answers a claim of the paper from its results (they read "not tested")
+    evidence: bool = True
     topk: int = 100
     ks: tuple[int, ...] = (20, 40, 100)
 

@@ -16,7 +16,7 @@
   checkpoints by the second; ``make_config`` points every path into the run's own folder.
 - ``quiet_recbole`` hides RecBole's own FutureWarnings while its code runs.
 - numpy < 2, scipy < 1.13 and pandas < 3 are handled by pins in pyproject.toml
-  (notes/dependencies.md items 1, 2 and 4), not here.
+  (docs/dependencies.md items 1, 2 and 4), not here.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from bench.provenance import PeakMemory, provenance
 logger = logging.getLogger(__name__)
 
 RESULT_SCHEMA = 1
-METRICS_VERSION = "spec/metrics.md@1"  # bump when the evaluator's definitions change
+METRICS_VERSION = "spec/metrics.md@1"  # docs/metrics.md (its first name, kept: a cache key); bump on change
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,23 @@ interactions: one row per (user, item) event
 
 items: one row per item with metadata (any column may be empty)
     item         str
-    title        str   HTML entities unescaped, whitespace collapsed
+    title        str   HTML markup stripped, entities unescaped, whitespace collapsed
+                       (`clean_text`, as every text column); "" when the source had none or
+                       only markup
     brand        str
     categories   str   category names joined by "|" (a "|" inside a name becomes "/")
     description  str
+    title_markup_only  bool, only when there are items: the source's title was nothing but
+                       markup (official 2018 metadata: in one category nearly every title is the
+                       fragment `<span class="a-size-medium a-color-secondary"`), now ""; the
+                       split counts these items in split.json (`n_items_title_markup_only`)
 """
 
 from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -41,15 +48,69 @@ RATING_RULE = "ratings are stars from 0 to 5 (rescale other scales; omit the col
 TIMESTAMP_RULE = "timestamps are unix seconds between 1970 and 2100 (milliseconds? divide by 1000)"
 
 _SPACE = re.compile(r"\s+")
+# something that starts a tag, a closing tag or a comment / declaration: worth parsing as HTML
+_MARKUP = re.compile(r"<[A-Za-z/!?]")
+# a tag left open at the end of the text (`<span class="..."`), which the parser keeps as text
+_OPEN_TAG = re.compile(r"<[A-Za-z/!?][^<>]*$")
+# tags that sit inside a run of text: removing them must not split or join words
+_INLINE_TAGS = frozenset({"a", "abbr", "b", "bdi", "bdo", "cite", "code", "em", "font", "i", "kbd", "mark", "q",
+                          "s", "small", "span", "strong", "sub", "sup", "u", "var"})
+
+
+class _TextOnly(HTMLParser):
+    """The text of an HTML fragment: tags, comments, scripts and styles dropped, entities decoded;
+    a block-level tag (<br>, <p>, <div>, <li>, ...) separates the words on either side."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0  # inside <script> / <style>
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag not in _INLINE_TAGS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip = max(0, self._skip - 1)
+        elif tag not in _INLINE_TAGS:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def _strip_markup(text: str) -> str:
+    parser = _TextOnly()
+    parser.feed(text)
+    parser.close()
+    return _OPEN_TAG.sub("", "".join(parser.parts))
 
 
 def clean_text(value: object) -> str:
-    """Unescape HTML entities (2018 titles hold &amp;) and collapse whitespace."""
+    """The one text cleaner of the data: strip HTML markup (official 2018 metadata holds `<i>`, `<br>`,
+    `<div>` and even titles that are only an unterminated `<span ...`), unescape entities (2018 titles hold
+    &amp;) and collapse whitespace. A "<" that does not start a tag ("5 < 6", "I <3 it") is text."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     if isinstance(value, (list, tuple)):
         value = " ".join(str(v) for v in value if v)
-    return _SPACE.sub(" ", html.unescape(str(value))).strip()
+    text = str(value)
+    # the parser is slow next to a regex: only text that looks like markup goes through it
+    text = _strip_markup(text) if _MARKUP.search(text) else html.unescape(text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def _has_text(value: object) -> bool:
+    """Whether a raw field holds anything but whitespace (before cleaning)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_has_text(v) for v in value)
+    return bool(str(value).strip())
 
 
 def join_categories(names: list[str] | tuple[str, ...]) -> str:
@@ -106,6 +167,9 @@ def make_items(df: pd.DataFrame | None) -> pd.DataFrame:
     out = pd.DataFrame({"item": df["item"].astype(str)})
     for col in ITEM_COLUMNS[1:]:
         out[col] = df[col].map(clean_text) if col in df.columns and col != "categories" else ""
+    # a title that had something, all of it markup, is missing like an absent one, but counted
+    had_title = df["title"].map(_has_text).to_numpy(dtype=bool) if "title" in df.columns else False
+    out["title_markup_only"] = had_title & (out["title"] == "").to_numpy()
     if "categories" in df.columns:
         out["categories"] = df["categories"].map(
             lambda v: join_categories(v) if isinstance(v, (list, tuple)) else join_categories(split_categories(v)))
