@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", help="comma-separated model names or 'all' (default: the preset's)")
     run.add_argument("--datasets", help="comma-separated dataset names or 'all' (default: the preset's)")
     run.add_argument("--seeds", type=_ints, help="comma-separated seeds (default: the preset's)")
-    run.add_argument("--preset", help="a preset from `bench ls presets` (default: smoke when no --models/--datasets "
+    run.add_argument("--preset", help="a preset from `bench ls presets` (default: cpu when no --models/--datasets "
                                       "are given, else default)")
     run.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                      help="override a setting, e.g. --set ease.l2=200 or --set split.protocol=loo (repeatable)")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge = sub.add_parser("judge", help="LLM judge (Figure 3): the judged model's pages against the best "
                                          "baseline's, for existing results of a preset")
-    judge.add_argument("--preset", default="smoke", help="whose results to judge (default: smoke)")
+    judge.add_argument("--preset", default="cpu", help="whose results to judge (default: cpu, the default run's)")
     judge.add_argument("--datasets", help="comma-separated dataset names (default: every dataset with results)")
     judge.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                        help="judge setting, e.g. --set judge.llm=openai:gpt-4o-mini --set judge.users=200")
@@ -175,7 +175,7 @@ def cmd_run(args) -> int:
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
-    preset_name = args.preset or ("smoke" if not (args.models or args.datasets) else "default")
+    preset_name = args.preset or (cfg.DEFAULT_PRESET if not (args.models or args.datasets) else "default")
     preset = cfg.load_preset(preset_name)
     overrides = cfg.parse_overrides(args.overrides)
     judge_overrides = overrides.pop("judge", {})

@@ -22,6 +22,7 @@ import yaml
 from bench.errors import ConfigError, UnknownNameError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_PRESET = "cpu"  # `bench run` with no arguments: every model on the embedded data, CPU-sized
 
 
 @dataclass(frozen=True)
