@@ -42,6 +42,11 @@ class RecBoleConfig(ModelConfig):
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     params: dict = field(default_factory=dict, metadata={"help": "any other RecBole setting, e.g. {n_layers: 2}"})
 
+    def __post_init__(self) -> None:
+        from bench.recbole_compat import check_plain
+
+        check_plain(self.params)  # plain data only: RecBole eval()s strings (bench.recbole_compat)
+
 
 class RecBoleModel(Model):
     """A RecBole model behind the project's contract. Subclasses set `recbole_name`."""
@@ -52,11 +57,17 @@ class RecBoleModel(Model):
     def fit(self, split, config: RecBoleConfig, workdir: Path) -> None:
         import torch
         from recbole.data import create_dataset, data_preparation
-        from recbole.utils import get_model, get_trainer, init_seed
+        from recbole.utils import get_trainer, init_seed
 
         from bench.data.recbole_export import export_recbole
-        from bench.recbole_compat import make_config, quiet_recbole, working_directory
+        from bench.recbole_compat import (
+            check_params,
+            make_config,
+            quiet_recbole,
+            working_directory,
+        )
 
+        check_params(self.recbole_name, config.params)
         self.split = split
         self.workdir = Path(workdir)
         views = export_recbole(split, max_len=config.max_len)

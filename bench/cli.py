@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", help="comma-separated model names or 'all' (default: the preset's)")
     run.add_argument("--datasets", help="comma-separated dataset names or 'all' (default: the preset's)")
     run.add_argument("--seeds", type=_ints, help="comma-separated seeds (default: the preset's)")
-    run.add_argument("--preset", help="a preset from `bench ls presets` (default: smoke when no --models/--datasets "
+    run.add_argument("--preset", help="a preset from `bench ls presets` (default: cpu when no --models/--datasets "
                                       "are given, else default)")
     run.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                      help="override a setting, e.g. --set ease.l2=200 or --set split.protocol=loo (repeatable)")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge = sub.add_parser("judge", help="LLM judge (Figure 3): the judged model's pages against the best "
                                          "baseline's, for existing results of a preset")
-    judge.add_argument("--preset", default="smoke", help="whose results to judge (default: smoke)")
+    judge.add_argument("--preset", default="cpu", help="whose results to judge (default: cpu, the default run's)")
     judge.add_argument("--datasets", help="comma-separated dataset names (default: every dataset with results)")
     judge.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                        help="judge setting, e.g. --set judge.llm=openai:gpt-4o-mini --set judge.users=200")
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("download", help="download raw files of Amazon datasets")
     dl.add_argument("--datasets", required=True, help="comma-separated names or 'all'")
     dl.add_argument("--base-url", help="replace the release's base URL (a mirror or a local server)")
+    dl.add_argument("--force", action="store_true", help="download again, replacing files already present")
     prep = dsub.add_parser("prepare", help="read raw files into canonical tables; with --source, register your own data")
     prep.add_argument("--dataset", required=True, help="a built-in name, or a new name for your data")
     prep.add_argument("--source", type=Path, help="your file or directory (registers it under --dataset)")
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
+    restore_sigterm = _sigterm_as_interrupt()
     try:
         return COMMANDS[args.command](args)
     except BenchError as exc:
@@ -111,6 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished jobs are saved; rerun to continue", file=sys.stderr)
         return 130
+    finally:
+        restore_sigterm()
+
+
+def _sigterm_as_interrupt():
+    """`kill` (SIGTERM, also a batch scheduler's stop) ends a command as Ctrl-C does: finished
+    jobs are kept, parallel workers are stopped, interrupted writes clean up after themselves.
+    Returns the function that puts the previous handler back."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _ws(args):
@@ -157,7 +177,7 @@ def cmd_run(args) -> int:
 
     ws = _ws(args)
     progress.set_enabled(False if args.no_progress else None)
-    preset_name = args.preset or ("smoke" if args.models is None and args.datasets is None else "default")
+    preset_name = args.preset or (cfg.DEFAULT_PRESET if args.models is None and args.datasets is None else "default")
     preset = cfg.load_preset(preset_name)
     overrides = cfg.parse_overrides(args.overrides)
     judge_overrides = overrides.pop("judge", {})
@@ -192,12 +212,14 @@ def cmd_run(args) -> int:
     outcomes = run_grid(jobs, preset, ws, overwrite=args.overwrite, download=args.download,
                         progress=not args.no_progress, n_jobs=args.jobs, scheduler=scheduler,
                         gpu_resource=args.gpu_resource)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a", "held")}
     for o in outcomes:
         if o.status == "failed":
             print(f"FAILED {o.job.key}: {o.error}\n  traceback: {o.path}", file=sys.stderr)
         elif o.status == "n/a":
             print(f"not applicable: {o.job.key}: {o.error}")
+        elif o.status == "held":
+            print(f"held by another runner: {o.job.key} (rerun after it ends to collect its result)")
     judge_failed = 0
     if preset.judge or judge_overrides:
         from bench.judge import JudgeConfig
@@ -210,6 +232,7 @@ def cmd_run(args) -> int:
         print(f"leaderboard: {paths[0]}")
     print(f"summary: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed"
           + (f", {counts['n/a']} not applicable" if counts["n/a"] else "")
+          + (f", {counts['held']} held by another runner" if counts["held"] else "")
           + (f", {not_run} not run (see above)" if not_run else ""))
     return 1 if counts["failed"] or judge_failed or not_run else 0
 
@@ -273,9 +296,24 @@ def cmd_table(args) -> int:
     from bench.tables import write_leaderboard
 
     ws = _ws(args)
+    _warn_missing_per_user(ws, args.preset)
     for path in write_leaderboard(ws, args.preset) + write_tables(ws, args.preset):
         print(f"wrote {path}")
     return 0
+
+
+def _warn_missing_per_user(ws, preset: str | None, shown: int = 10) -> None:
+    from bench.results import missing_per_user
+
+    total, problems = missing_per_user(ws, preset)
+    if not problems:
+        return
+    print(f"warning: {len(problems)} of {total} result(s) have no usable per-user file and are left out of "
+          "the significance tests; rerun the same `bench run` to recompute them:", file=sys.stderr)
+    for text in problems[:shown]:
+        print(f"  {text}", file=sys.stderr)
+    if len(problems) > shown:
+        print(f"  ... and {len(problems) - shown} more", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -298,7 +336,8 @@ def cmd_data(args) -> int:
                 print(f"{name}: nothing to download ({'embedded' if spec.embedded else spec.release})")
                 continue
             base = {"reviews": args.base_url, "meta": args.base_url} if args.base_url else None
-            paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base)
+            paths = dl.fetch_release_files(spec.release, spec.category, ws.raw(name), base_urls=base,
+                                           force=args.force, n_reviews=spec.n_reviews)
             print(f"{name}: " + ", ".join(str(p) for p in paths))
         return 0
     if args.data_command == "prepare":

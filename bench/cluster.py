@@ -13,7 +13,7 @@ Then ``bench run ... --executor dask --scheduler tcp://HOST:8786 [--gpu-resource
 ``GPU`` resource, so it only lands on a worker that declared one.
 
 Dask was chosen over Ray because RecBole 1.2.1 caps ray at 2.6.3, which does not import with
-current setuptools/numpy (notes/dependencies.md); dask.distributed installs beside our pins.
+current setuptools/numpy (docs/dependencies.md); dask.distributed installs beside our pins.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from bench.errors import ConfigError, UnknownNameError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_PRESET = "cpu"  # `bench run` with no arguments: every model on the embedded data, CPU-sized
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class Preset:
     aliases: dict = field(default_factory=dict)
     # settings of the LLM judge run after the grid (bench.judge.JudgeConfig); empty = no judge
     judge: dict = field(default_factory=dict)
+    # False: its settings check that everything runs (tiny models, a few epochs), so `bench report`
+    # never answers a claim of the paper from its results (they read "not tested")
+    evidence: bool = True
     topk: int = 100
     ks: tuple[int, ...] = (20, 40, 100)
 
@@ -129,7 +134,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if hint in (int, float, str):
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return hint(value)
+            coerced = hint(value)
+            if hint is float and not math.isfinite(coerced):
+                # inf/nan would train nothing and be recorded as a run with every metric 0
+                raise ConfigError(f"{where}: {value!r} is not a finite number")
+            return coerced
         if origin is tuple:
             items = value if isinstance(value, (list, tuple)) else [value]
             args = typing.get_args(hint)

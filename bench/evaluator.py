@@ -1,4 +1,4 @@
-"""The one evaluator: every metric of /shared/spec/metrics.md, for every model, from ranked lists.
+"""The one evaluator: every metric of docs/metrics.md, for every model, from ranked lists.
 
 Inputs are integer indices (users and items in `canonical.ordered_ids` order):
 
@@ -126,7 +126,7 @@ def clean_lists(recs: np.ndarray, users: np.ndarray, history: sp.spmatrix) -> np
 
 def evaluate(recs: np.ndarray, users: np.ndarray, truth: GroundTruth, *, ks: Sequence[int] = (20, 40, 100),
              ranked_k: int = 100, diversity_k: int = 20, similarity: str = "category") -> Evaluation:
-    """Score ranked lists against one split, following /shared/spec/metrics.md exactly.
+    """Score ranked lists against one split, following docs/metrics.md exactly.
 
     recs (R, W) int item indices best first (-1 = empty; W may be shorter or longer than the
     cutoffs), users (R,) int distinct user indices. Returns an Evaluation whose metrics are

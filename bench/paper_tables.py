@@ -14,7 +14,7 @@
 Decisions (also printed under every table and in the report):
 
 - Recall: the paper's Recall@K is compared with our ``recall_mvae@K`` (hits / min(K, |T|), the
-  Multi-VAE / MD-CVAE convention the paper most likely used, see spec/metrics.md). Our standard
+  Multi-VAE / MD-CVAE convention the paper most likely used, see docs/metrics.md). Our standard
   ``recall@K`` (hits / |T|) is shown beside it, without a paper number.
 - Significance: two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences
   dropped) over per-user metrics of the users both models scored. With several seeds, each user's
@@ -42,7 +42,7 @@ import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,7 @@ PRESET_OF = {"table1_reward": "reward", "table2_baselines": "paper", "table3_bac
              "table5_ablation": "ablation", "cold_start": "cold-start", "judge_winrate": "judge"}
 
 DEFINITIONS_NOTE = (
-    "Metric definitions (spec/metrics.md) differ from the paper's in places: recall@K = hits / |T| (standard); "
+    "Metric definitions (docs/metrics.md) differ from the paper's in places: recall@K = hits / |T| (standard); "
     "recall_mvae@K = hits / min(K, |T|), the Multi-VAE convention the paper's Recall most likely follows, so the "
     "paper's Recall@K is printed under recall_mvae@K. was, dpa, wmrd, pwkt (K = 100) are normalised by the sum of "
     "position weights so that a perfect page scores 1; the paper's WAS divides by N and its values (WAS ~0.016, "
@@ -193,21 +193,64 @@ def paper_costs_note() -> str:
 # Loading result files
 # ---------------------------------------------------------------------------------------------
 
-_COST_WORDS = ("second", "time", "_mb", "_gb", "memory", "param", "epoch")
+# Table 3: the job's costs (key, header), then one row per stage with these fields (key, header)
+JOB_COSTS = [("total_seconds", "total s"), ("finetune_seconds_per_epoch", "fine-tuning s/epoch"),
+             ("peak_rss_mb", "peak RAM MB"), ("peak_gpu_mb", "peak GPU MB")]
+STAGE_FIELDS = [("seconds", "s"), ("epochs", "epochs"), ("seconds_per_epoch", "s/epoch"),
+                ("peak_rss_mb", "peak RAM MB"), ("peak_gpu_mb", "peak GPU MB"), ("trainable", "trainable params"),
+                ("total", "params")]
 
 
-def _flatten_costs(obj: object, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of `model_info` whose name speaks of time, memory or parameters."""
+def stages_of(info: dict) -> dict[str, dict[str, float]]:
+    """`model_info.stages` (pagellm/model.py) -> {stage: {field: number}}, stages in the order they ran.
+
+    Fields (those recorded): seconds, seconds_per_epoch, epochs (how many ran), peak_rss_mb / peak_gpu_mb
+    (the stage's `memory`), trainable / total (its `parameters`), reused (1.0 when the stage was reused from
+    an earlier run: its seconds are those it took then). Older results hold `stage_seconds` {stage: seconds}.
+    """
+    stages = info.get("stages")
+    if not isinstance(stages, dict):
+        old = info.get("stage_seconds")
+        return {str(k): {"seconds": float(v)} for k, v in old.items() if _number(v) is not None} \
+            if isinstance(old, dict) else {}
+    out: dict[str, dict[str, float]] = {}
+    for name, record in stages.items():
+        if not isinstance(record, dict):
+            continue
+        memory = record.get("memory") if isinstance(record.get("memory"), dict) else {}
+        params = record.get("parameters") if isinstance(record.get("parameters"), dict) else {}
+        epochs = record.get("epochs")
+        values = {"seconds": record.get("seconds"), "seconds_per_epoch": record.get("seconds_per_epoch"),
+                  "epochs": len(epochs) if isinstance(epochs, list) else epochs,
+                  "peak_rss_mb": memory.get("peak_rss_mb"), "peak_gpu_mb": memory.get("peak_gpu_mb"),
+                  "trainable": params.get("trainable"), "total": params.get("total")}
+        row = {k: float(v) for k, v in values.items() if _number(v) is not None}
+        if isinstance(record.get("cached"), bool):
+            row["reused"] = float(record["cached"])
+        out[str(name)] = row
+    return out
+
+
+def job_costs(timing: dict, info: dict, stages: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Table 3's costs of one result, the keys of JOB_COSTS that it recorded.
+
+    total_seconds: the job's fit + predict wall time (`timing`; else `model_info.fit_seconds`);
+    finetune_seconds_per_epoch: stage `finetune` (older results: `model_info.finetune_epoch_seconds`);
+    peak_rss_mb / peak_gpu_mb: the job's peak (`timing`, else `model_info`).
+    """
     out: dict[str, float] = {}
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if key == "judge":
-                continue
-            out.update(_flatten_costs(value, f"{prefix}{key}."))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        name = prefix[:-1]
-        if any(w in name.lower() for w in _COST_WORDS) and math.isfinite(obj):
-            out[name] = float(obj)
+    fit = _number(timing.get("fit_seconds"))
+    fit = _number(info.get("fit_seconds")) if fit is None else fit
+    if fit is not None:
+        out["total_seconds"] = fit + (_number(timing.get("predict_seconds")) or 0.0)
+    per_epoch = stages.get("finetune", {}).get("seconds_per_epoch", _number(info.get("finetune_epoch_seconds")))
+    if per_epoch is not None:
+        out["finetune_seconds_per_epoch"] = per_epoch
+    for name in ("peak_rss_mb", "peak_gpu_mb"):
+        value = _number(timing.get(name))
+        value = _number(info.get(name)) if value is None else value
+        if value is not None:
+            out[name] = value
     return out
 
 
@@ -261,14 +304,14 @@ def _number(value: object) -> float | None:
 
 
 def load_runs(ws: Workspace, preset: str | None = None) -> pd.DataFrame:
-    """One row per result file: identifiers, metrics (NaN when missing), costs and judge counts.
+    """One row per result file: identifiers, metrics (NaN when missing), costs, stages and judge counts.
 
     Only `schema, preset, dataset, model, seed, split, metrics, config_hash` are required; `config`,
     `timing`, `model_info` and `per_user` are optional, so results written before they existed load.
-    Columns: preset, dataset, split, model, entry, backbone, seed, path, per_user_path, costs (dict),
-    judge (dict or None: `model_info.judge`, else the `.judge.json` beside the file), reward_accuracy
-    (dict, see reward_accuracy_of), ppo_curve (list or None, see ppo_curve_of), then one column per
-    metric.
+    Columns: preset, dataset, split, model, entry, backbone, seed, path, per_user_path, costs (dict, see
+    job_costs), stages (dict, see stages_of), judge (dict or None: `model_info.judge`, else the `.judge.json`
+    beside the file), reward_accuracy (dict, see reward_accuracy_of), ppo_curve (list or None, see
+    ppo_curve_of), then one column per metric.
     """
     rows = []
     base = ws.runs / preset if preset else ws.runs
@@ -279,14 +322,14 @@ def load_runs(ws: Workspace, preset: str | None = None) -> pd.DataFrame:
         info = r.get("model_info") if isinstance(r.get("model_info"), dict) else {}
         config = r.get("config") if isinstance(r.get("config"), dict) else {}
         backbone = config.get("backbone") or info.get("backbone") or ""
-        costs = {k: float(v) for k, v in (r.get("timing") or {}).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        costs.update(_flatten_costs(info))
+        timing = r.get("timing") if isinstance(r.get("timing"), dict) else {}
+        stages = stages_of(info)
         per_user = r.get("per_user")
         row = {"preset": r["preset"], "dataset": r["dataset"],
                "split": split.get("name", "?") if isinstance(split, dict) else str(split),
                "model": r["model"], "backbone": str(backbone), "seed": int(r["seed"]), "path": str(path),
-               "per_user_path": str(path.parent / per_user) if per_user else None, "costs": costs,
+               "per_user_path": str(path.parent / per_user) if per_user else None,
+               "costs": job_costs(timing, info, stages), "stages": stages,
                "judge": info.get("judge") or read_judgement(path),
                "reward_accuracy": reward_accuracy_of(info.get("reward_accuracy"), path),
                "ppo_curve": ppo_curve_of(info.get("ppo_curve"), path)}
@@ -498,11 +541,10 @@ def _fmt_signed(value: float, digits: int = 4) -> str:
     return "" if value is None or math.isnan(value) else f"{value:+.{digits}f}"
 
 
-def _fmt_cost(name: str, value: float) -> str:
+def _fmt_cost(value: float) -> str:
+    """Seconds or MB: whole numbers from 100 up, one decimal below."""
     if value is None or math.isnan(value):
         return ""
-    if "param" in name.lower():
-        return f"{value:,.0f}"
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
 
 
@@ -615,34 +657,26 @@ def _run_tests(table_key: str, blocks: list[Block], per_user: PerUser) -> pd.Dat
     return out
 
 
-def _shown_cost(name: str) -> bool:
-    """Cost columns of Table 3: overall time and peak memory, each stage's time, and the parameter
-    counts once (PageLLM's stages report them all alike: those of fine-tuning). Per-stage memory
-    and the other counts stay in the result files."""
-    if name.startswith("stages."):
-        stage, _, field = name[len("stages."):].partition(".")
-        return field in ("seconds", "seconds_per_epoch") or (stage == "finetune" and field.startswith("parameters."))
-    return True
+def _best_of(values: list[float], lower: bool) -> float:
+    """The best of the values a column has, or NaN when fewer than two entries have one (nothing to beat)."""
+    values = [v for v in values if not math.isnan(v)]
+    if len(values) < 2:
+        return math.nan
+    return min(values) if lower else max(values)
 
 
 def _metric_table(table: Table, blocks: list[Block], metrics: list[str], *, label_backbone: bool = False,
-                  cost_columns: bool = False) -> None:
-    """Fill the sections and the tidy frame of a table of mean ± std cells with paper and Δ rows."""
+                  costs: list[tuple[str, str]] | None = None) -> None:
+    """Fill the sections and the tidy frame of a table of mean ± std cells with paper and Δ rows.
+
+    costs: (key of Block.cost, header) columns after the metrics, those any entry of the block recorded;
+    lower is better. Bold marks the best of a column only when at least two entries have a value."""
     tidy = []
     for b in blocks:
-        costs: list[str] = []
-        if cost_columns:
-            for c in b.frame["costs"]:
-                costs += [k for k in c if k not in costs and _shown_cost(k)]
-        headers = ["model"] + (["backbone"] if label_backbone else []) + ["n"] + metrics + costs
-        best = {m: b.best(m)[1] for m in metrics}
-        best_cost = {}
-        for c in costs:
-            if "param" in c.lower():
-                continue  # neither better nor worse
-            means = [b.cost(e, c)[0] for e in b.entries]
-            means = [m for m in means if not math.isnan(m)]
-            best_cost[c] = min(means) if means else math.nan
+        shown = [(c, h) for c, h in costs or [] if any(not math.isnan(b.cost(e, c)[0]) for e in b.entries)]
+        headers = ["model"] + (["backbone"] if label_backbone else []) + ["n"] + metrics + [h for _, h in shown]
+        best = {m: _best_of([b.stat(e, m)[0] for e in b.entries], m in LOWER_IS_BETTER) for m in metrics}
+        best_cost = {c: _best_of([b.cost(e, c)[0] for e in b.entries], True) for c, _ in shown}
         refs_marked = {(ref, m) for m, ref in b.refs.items() if ref is not None and table.key == "table2_baselines"}
         rows = []
         for e in b.entries:
@@ -651,27 +685,24 @@ def _metric_table(table: Table, blocks: list[Block], metrics: list[str], *, labe
             cells = []
             for m in metrics:
                 mean, std, n = b.stat(e, m)
-                cells.append(Cell(_mean_std(mean, std), bold=not math.isnan(mean) and mean == best[m],
-                                  sig=(e, m) in b.sig, ref=(e, m) in refs_marked))
+                cells.append(Cell(_mean_std(mean, std), bold=mean == best[m], sig=(e, m) in b.sig,
+                                  ref=(e, m) in refs_marked))
                 paper = b.paper.get((e, m))
                 tidy.append({"table": table.key, "preset": b.preset, "split": b.split, "dataset": b.dataset,
                              "model": e, "backbone": b.backbone_of(e), "metric": m, "mean": mean, "std": std,
-                             "n_seeds": n, "best": not math.isnan(mean) and mean == best[m],
+                             "n_seeds": n, "best": mean == best[m],
                              "reference": b.refs.get(m), "significant": (e, m) in b.sig,
                              "paper": paper, "diff_vs_paper": mean - paper if paper is not None else math.nan})
-            for c in costs:
+            for c, _ in shown:
                 mean, std, n = b.cost(e, c)
-                if "param" in c.lower():
-                    std = math.nan  # a count, the same for every seed
-                cells.append(Cell(_mean_std(mean, std, lambda v, c=c: _fmt_cost(c, v)),
-                                  bold=c in best_cost and not math.isnan(mean) and mean == best_cost[c]))
+                cells.append(Cell(_mean_std(mean, std, _fmt_cost), bold=mean == best_cost[c]))
                 tidy.append({"table": table.key, "preset": b.preset, "split": b.split, "dataset": b.dataset,
                              "model": e, "backbone": b.backbone_of(e), "metric": c, "mean": mean, "std": std,
-                             "n_seeds": n, "best": c in best_cost and mean == best_cost[c]})
+                             "n_seeds": n, "best": mean == best_cost[c]})
             rows.append(lead + cells)
             papers = [b.paper.get((e, m)) for m in metrics]
             if any(p is not None for p in papers):
-                blank_lead, blank_costs = [Cell()] * (len(lead) - 1), [Cell()] * len(costs)
+                blank_lead, blank_costs = [Cell()] * (len(lead) - 1), [Cell()] * len(shown)
                 rows.append([Cell("↳ paper")] + blank_lead
                             + [Cell(_fmt(p) if p is not None else "") for p in papers] + blank_costs)
                 rows.append([Cell("↳ Δ")] + blank_lead
@@ -679,6 +710,40 @@ def _metric_table(table: Table, blocks: list[Block], metrics: list[str], *, labe
                                for m, p in zip(metrics, papers)] + blank_costs)
         table.sections.append(Section(b.title, headers, rows))
     table.tidy = pd.DataFrame(tidy)
+
+
+def _stage_section(b: Block) -> tuple[Section, list[dict]]:
+    """Table 3's per-stage detail of a block: one row per (entry, stage), in the order the stages ran."""
+    names: list[str] = []
+    for stages in b.frame["stages"]:
+        names += [s for s in stages if s not in names]
+    present = [(f, h) for f, h in STAGE_FIELDS if any(f in st for stages in b.frame["stages"] for st in stages.values())]
+    with_reused = any("reused" in st for stages in b.frame["stages"] for st in stages.values())
+    rows, tidy = [], []
+    for e in b.entries:
+        runs = b.rows_of(e)
+        for stage in names:
+            records = [stages[stage] for stages in runs["stages"] if stage in stages]
+            if not records:
+                continue
+            cells = [Cell(e), Cell(b.backbone_of(e)), Cell(stage), Cell(str(len(records)))]
+            for name, _ in present:
+                values = pd.Series([r.get(name, math.nan) for r in records], dtype=float).dropna()
+                mean = float(values.mean()) if len(values) else math.nan
+                std = float(values.std(ddof=1)) if len(values) > 1 and name not in ("trainable", "total") else math.nan
+                fmt = (lambda v: f"{v:,.0f}") if name in ("trainable", "total") else (
+                    (lambda v: f"{v:g}") if name == "epochs" else _fmt_cost)
+                cells.append(Cell(_mean_std(mean, std, fmt)))
+                tidy.append({"table": "table3_backbones", "preset": b.preset, "split": b.split, "dataset": b.dataset,
+                             "model": e, "backbone": b.backbone_of(e), "stage": stage, "metric": name, "mean": mean,
+                             "std": std, "n_seeds": len(values)})
+            if with_reused:
+                reused = [r["reused"] for r in records if "reused" in r]
+                cells.append(Cell("" if not reused else "yes" if all(reused) else "no" if not any(reused)
+                                  else "some seeds"))
+            rows.append(cells)
+    headers = ["model", "backbone", "stage", "n"] + [h for _, h in present] + (["reused"] if with_reused else [])
+    return Section(f"{b.title} · per stage", headers, rows), tidy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,9 +858,14 @@ def table2(frame: pd.DataFrame, per_user: PerUser) -> Table:
 def table3(frame: pd.DataFrame, per_user: PerUser) -> Table:
     key = "table3_backbones"
     t = Table(key, "Table 3 · PageLLM backbones: performance, time, memory",
-              "PageLLM per backbone. Costs come from each result's `timing` (fit/predict seconds, peak process "
-              "RSS and GPU memory in MB) and the time, memory and parameter fields of `model_info`; a field a "
-              "run did not record is blank. Costs: lower in bold. † compares a backbone with gpt2 (else the "
+              "PageLLM per backbone, one row each: the metrics, then the job's costs: total s = wall time of "
+              "training and recommending (`timing.fit_seconds + predict_seconds`), fine-tuning s/epoch = the "
+              "`finetune` stage's time per epoch, peak RAM MB = the job's peak process memory (RSS), peak GPU MB "
+              "= its peak CUDA memory (shown when a run recorded it). Below each block, one row per backbone and "
+              "stage (`model_info.stages`): wall time, epochs, time per epoch, peak memory, parameters, and "
+              "whether the stage was reused from an earlier run with the same inputs (its time is then the time "
+              "it took when it was computed, not part of this job's total). With two or more backbones the "
+              "better value of a column is in bold (costs: lower). † compares a backbone with gpt2 (else the "
               "first row).",
               notes=[CELL_NOTE, DEFINITIONS_NOTE, SIGNIFICANCE_NOTE.format(key=key), paper_costs_note()])
     blocks = []
@@ -811,9 +881,18 @@ def table3(frame: pd.DataFrame, per_user: PerUser) -> Table:
             b.refs[m] = ref if len(entries) > 1 else None
             b.tested[m] = [e for e in entries if e != ref]
         blocks.append(b)
-    return _finish(t, blocks, per_user, TABLE2_METRICS,
-                   "Run `bench run --preset backbones` (GPT-2 vs Llama-3.2-1B on am-instruments).",
-                   label_backbone=True, cost_columns=True)
+    _finish(t, blocks, per_user, TABLE2_METRICS,
+            "Run `bench run --preset backbones` (GPT-2 vs Llama-3.2-1B on am-instruments).",
+            label_backbone=True, costs=JOB_COSTS)
+    if blocks:  # each block's section is followed by its per-stage detail
+        sections, tidy = [], [t.tidy]
+        for section, b in zip(t.sections, blocks):
+            extra, rows = _stage_section(b)
+            sections += [section] + ([extra] if extra.rows else [])
+            tidy.append(pd.DataFrame(rows))
+        t.sections = sections
+        t.tidy = pd.concat(tidy, ignore_index=True)
+    return t
 
 
 def table5(frame: pd.DataFrame, per_user: PerUser) -> Table:
@@ -1205,8 +1284,9 @@ def judge_table(frame: pd.DataFrame, out_dir: Path | None) -> Table:
 
     key = "judge_winrate"
     t = Table(key, "Figure 3 · LLM-judge win rate against the best baseline",
-              "Win / tie / loss counts of each judged model against its baseline, summed over seeds. Win rate = "
-              "wins / (wins + ties + losses) with a 95% Wilson interval; p = two-sided sign test of wins vs losses "
+              "Win / tie / loss counts of each judged model against its baseline, summed over seeds; n = verdicts "
+              "(one per judged user and seed, each from both orders). Win rate = wins / n with a 95% Wilson score interval (the figure's error "
+              "bars); p = two-sided sign test of wins vs losses "
               "(ties left out), Holm-corrected across the table; † = corrected p < 0.05.",
               notes=["Expected input: result files whose `model_info.judge` is {\"wins\", \"ties\", \"losses\", "
                      "\"baseline\"} (or one such mapping per aspect). The paper's Figure 3 numbers are not "
@@ -1238,31 +1318,54 @@ def judge_table(frame: pd.DataFrame, out_dir: Path | None) -> Table:
     t.blocks = agg.to_dict("records")
     for (preset, split, dataset), sub in agg.groupby(["preset", "split", "dataset"], sort=True):
         rows = [[Cell(r["model"]), Cell(r["baseline"]), Cell(r["aspect"]), Cell(str(r["seeds"])),
-                 Cell(str(r["wins"])), Cell(str(r["ties"])), Cell(str(r["losses"])),
+                 Cell(str(r["wins"])), Cell(str(r["ties"])), Cell(str(r["losses"])), Cell(str(r["n"])),
                  Cell(f"{r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]" if r["n"] else ""),
                  Cell(_p_text(r["p_holm"], bool(r["significant"])))] for _, r in sub.iterrows()]
         t.sections.append(Section(f"{dataset} · split {split} · preset {preset}",
-                                  ["model", "baseline", "aspect", "seeds", "wins", "ties", "losses",
+                                  ["model", "baseline", "aspect", "seeds", "wins", "ties", "losses", "n",
                                    "win rate [95% CI]", "Holm p"], rows))
     if out_dir is not None:
         t.figure = _judge_figure(agg, out_dir / "judge_winrate.png")
     return t
 
 
+def judge_figure_data(agg: pd.DataFrame) -> pd.DataFrame:
+    """What Figure 3 draws, one row per bar: label (with n = verdicts and the seeds), the win / tie / loss
+    shares and the 95% Wilson interval of the win rate, all in %. `agg`: the judge table's tidy frame."""
+    n = agg["n"].where(agg["n"] > 0).astype(float)
+    seeds = agg["seeds"].astype(int)
+    return pd.DataFrame({
+        "label": [f"{r['model']} vs {r['baseline']} ({r['aspect']}), {r['dataset']}\nn = {int(r['n'])} verdicts, "
+                  f"{s} seed{'s' if s != 1 else ''}" for (_, r), s in zip(agg.iterrows(), seeds)],
+        "aspect": agg["aspect"].to_numpy(), "n": agg["n"].astype(int).to_numpy(),
+        "win_pct": (100 * agg["wins"] / n).to_numpy(), "tie_pct": (100 * agg["ties"] / n).to_numpy(),
+        "loss_pct": (100 * agg["losses"] / n).to_numpy(),
+        "ci_low_pct": (100 * agg["ci_low"]).to_numpy(dtype=float),
+        "ci_high_pct": (100 * agg["ci_high"]).to_numpy(dtype=float)})
+
+
 def _judge_figure(agg: pd.DataFrame, path: Path) -> str:
-    labels = [f"{r['model']} vs {r['baseline']} ({r['aspect']}), {r['dataset']}" for _, r in agg.iterrows()]
-    fig = _new_figure(8, 1.0 + 0.45 * len(agg))
+    data = judge_figure_data(agg)
+    fig = _new_figure(8, 1.0 + 0.6 * len(data))
     ax = fig.subplots()
-    n = agg["n"].where(agg["n"] > 0, 1).to_numpy(dtype=float)
-    left = np.zeros(len(agg))
-    for col, colour in (("wins", "#2e7d32"), ("ties", "#9e9e9e"), ("losses", "#c62828")):
-        share = 100 * agg[col].to_numpy(dtype=float) / n
-        ax.barh(labels, share, left=left, color=colour, label=col)
+    y = np.arange(len(data))
+    left = np.zeros(len(data))
+    for col, name, colour in (("win_pct", "wins", "#2e7d32"), ("tie_pct", "ties", "#9e9e9e"),
+                              ("loss_pct", "losses", "#c62828")):
+        share = np.nan_to_num(data[col].to_numpy(dtype=float))
+        ax.barh(y, share, left=left, color=colour, label=name)
         left += share
+    # the win share's 95% Wilson interval, drawn at the end of the wins bar
+    win = data["win_pct"].to_numpy(dtype=float)
+    err = np.vstack([win - data["ci_low_pct"].to_numpy(dtype=float), data["ci_high_pct"].to_numpy(dtype=float) - win])
+    err = np.clip(np.nan_to_num(err), 0, None)  # a 100% win rate's upper bound rounds to a hair below it
+    ax.errorbar(win, y, xerr=err, fmt="none", ecolor="black", elinewidth=1.2, capsize=4,
+                label="win rate, 95% Wilson interval")
+    ax.set_yticks(y, data["label"], fontsize=8)
     ax.set_xlim(0, 100)
-    ax.set_xlabel("% of judged users")
+    ax.set_xlabel("% of verdicts (n per bar: judged users x seeds)")
     ax.invert_yaxis()
-    ax.legend(ncol=3, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.legend(ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return _save_figure(fig, path)
 
@@ -1321,16 +1424,52 @@ def write_tables(ws: Workspace, preset: str | None = None) -> list[Path]:
 # The reproduction report
 # ---------------------------------------------------------------------------------------------
 
-def _pick_blocks(blocks: list, designated: str, usable) -> tuple[list, str]:
-    """The designated preset's blocks when it has usable results, else every usable block."""
+@cache
+def preset_is_evidence(name: str) -> bool:
+    """False when the shipped preset `name` says `evidence: false` (e.g. `smoke`: tiny settings that check
+    that everything runs); True otherwise, also for a preset that is not shipped (a user's own, an old name):
+    nothing says its settings are not real."""
+    from bench.config import load_preset
+    from bench.errors import BenchError
+
+    try:
+        return load_preset(name).evidence
+    except BenchError:  # unknown name, or a preset file this version cannot read
+        return True
+
+
+def _not_evidence(presets) -> str:
+    """The answer of a claim that only runs at settings that are not evidence could answer."""
+    return f"not tested ({', '.join(sorted(set(presets)))} settings are not evidence)"
+
+
+def _pick_blocks(blocks: list, designated: str, usable, preset_of=lambda b: b.preset) -> tuple[list, str, bool]:
+    """(blocks, basis, evidence): the designated preset's usable blocks, else every usable block of a
+    preset that is evidence; only when there are none, the usable blocks of presets that are not
+    (`evidence: false`), with evidence = False so that the claim reads "not tested"."""
     usable_blocks = [b for b in blocks if usable(b)]
-    chosen = [b for b in usable_blocks if b.preset == designated]
+    real = [b for b in usable_blocks if preset_is_evidence(preset_of(b))]
+    chosen = [b for b in real if preset_of(b) == designated]
     if chosen:
-        return chosen, f"from preset `{designated}`"
+        return chosen, f"from preset `{designated}`", True
+    if real:
+        presets = ", ".join(f"`{p}`" for p in sorted({preset_of(b) for b in real}))
+        return real, f"preset `{designated}` has no usable results; answered from preset(s) {presets}", True
     if usable_blocks:
-        presets = ", ".join(f"`{p}`" for p in sorted({b.preset for b in usable_blocks}))
-        return usable_blocks, f"preset `{designated}` has no usable results; answered from preset(s) {presets}"
-    return [], f"no usable results (run `bench run --preset {designated}`)"
+        presets = ", ".join(f"`{p}`" for p in sorted({preset_of(b) for b in usable_blocks}))
+        return usable_blocks, (f"only preset(s) {presets}, whose settings are not evidence; run "
+                               f"`bench run --preset {designated}`"), False
+    return [], f"no usable results (run `bench run --preset {designated}`)", True
+
+
+def _orientation_only(claim: Claim, blocks: list, preset_of=lambda b: b.preset) -> Claim:
+    """Turn a yes / no computed from runs that are not evidence into "not tested", keeping the numbers."""
+    if claim.answer in ("yes", "no"):
+        claim.summary = (f"Not an answer: computed from runs whose settings are not evidence (they check that "
+                         f"everything runs), shown for orientation only. Their outcome: {claim.answer}. "
+                         + claim.summary)
+        claim.answer = _not_evidence(preset_of(b) for b in blocks)
+    return claim
 
 
 def _better(metric: str, a: float, b: float) -> bool:
@@ -1360,7 +1499,7 @@ def _p_text(p: float, sig: bool, floor: float = 0.0) -> str:
 @dataclass
 class Claim:
     title: str
-    answer: str  # yes | no | not run
+    answer: str  # yes | no | not run | not tested (<presets> settings are not evidence)
     summary: str
     basis: str
     rule: str
@@ -1391,7 +1530,7 @@ def _comparison_claim(title: str, rule: str, table: Table, designated: str, pair
 
     pairs_of(block) -> [(entry, reference or metric -> reference)] to compare in that block.
     """
-    blocks, basis = _pick_blocks(table.blocks, designated, lambda b: bool(pairs_of(b)))
+    blocks, basis, evidence = _pick_blocks(table.blocks, designated, lambda b: bool(pairs_of(b)))
     claim = Claim(title, "not run", "", basis, rule,
                   ["dataset", "split", "preset", "metric", "model", "ours", "compared with", "theirs", "Δ",
                    "Holm p", "paper: model", "paper: best baseline" if paper_best_baseline else "paper: compared"])
@@ -1435,7 +1574,7 @@ def _comparison_claim(title: str, rule: str, table: Table, designated: str, pair
                      f"significantly worse in {sig_worse}; Holm-corrected p < {ALPHA}).")
     if losses:
         claim.summary += " Not better: " + "; ".join(losses) + "."
-    return claim
+    return claim if evidence else _orientation_only(claim, blocks)
 
 
 def _claim_best(tables: dict[str, Table]) -> Claim:
@@ -1480,7 +1619,7 @@ def _claim_ablation(tables: dict[str, Table]) -> Claim:
         f"{', '.join(CLAIM_METRICS)}.", t, PRESET_OF[t.key], pairs, list(CLAIM_METRICS))
     ran = {b.model_of(e) for b in t.blocks for e in b.entries}
     missing = [v for v in ABLATIONS if v not in ran]
-    if missing and claim.answer != "not run":
+    if missing and claim.answer in ("yes", "no"):
         claim.summary += f" Variants not run: {', '.join(missing)}."
     return claim
 
@@ -1510,7 +1649,7 @@ def _claim_cold(tables: dict[str, Table], per_user: PerUser) -> Claim:
     t = tables["cold_start"]
     usable = lambda p: any(p.full.model_of(e) == "pagellm" for e in p.full.entries) and any(
         not is_pagellm(p.full.model_of(e)) for e in p.full.entries)
-    pairs, basis = _pick_blocks(t.blocks, PRESET_OF[t.key], usable)
+    pairs, basis, evidence = _pick_blocks(t.blocks, PRESET_OF[t.key], usable)
     claim = Claim("Cold start hurts PageLLM less than the baselines (Appendix F)", "not run", "", basis,
                   f"yes when `pagellm`'s relative change (cold − full) / full is above (a smaller drop than) that of "
                   f"every other model run, on each of {', '.join(CLAIM_METRICS)}. Significance: paired bootstrap "
@@ -1578,20 +1717,18 @@ def _claim_cold(tables: dict[str, Table], per_user: PerUser) -> Claim:
                      f"after Holm).")
     if losses:
         claim.summary += " Not smaller: " + "; ".join(losses) + "."
-    return claim
+    return claim if evidence else _orientation_only(claim, pairs)
 
 
 def _claim_judge(tables: dict[str, Table]) -> Claim:
     t = tables["judge_winrate"]
-    records = [r for r in t.blocks if r["model"] == "pagellm" or str(r["model"]).startswith("pagellm [")]
-    chosen = [r for r in records if r["preset"] == PRESET_OF[t.key]] or records
-    if chosen and chosen[0]["preset"] == PRESET_OF[t.key]:
-        basis = f"from preset `{PRESET_OF[t.key]}`"
-    elif chosen:
-        basis = (f"preset `{PRESET_OF[t.key]}` has no usable results; answered from preset(s) "
-                 + ", ".join(f"`{p}`" for p in sorted({r["preset"] for r in chosen})))
-    else:
-        basis = f"no usable results (run `bench run --preset {PRESET_OF[t.key]}`)"
+
+    def preset_of(record: dict) -> str:  # the judge table's blocks are records
+        return record["preset"]
+
+    chosen, basis, evidence = _pick_blocks(
+        t.blocks, PRESET_OF[t.key], lambda r: r["model"] == "pagellm" or str(r["model"]).startswith("pagellm ["),
+        preset_of)
     claim = Claim("The LLM judge prefers PageLLM's pages to the best baseline's (Figure 3)", "not run", "", basis,
                   "yes when PageLLM wins more often than it loses in every judged comparison (aspect `overall` "
                   "when present, else every aspect). Significance: two-sided sign test, Holm-corrected.",
@@ -1609,7 +1746,7 @@ def _claim_judge(tables: dict[str, Table]) -> Claim:
     claim.answer = "yes" if deciding == len(overall) else "no"
     claim.summary = (f"PageLLM wins more than it loses in {deciding} of {len(overall)} deciding judged comparisons "
                      f"({n_sig} significantly, Holm-corrected sign test).")
-    return claim
+    return claim if evidence else _orientation_only(claim, chosen, preset_of)
 
 
 def build_report(ws: Workspace, preset: str | None = None) -> str:
@@ -1627,8 +1764,11 @@ def build_report(ws: Workspace, preset: str | None = None) -> str:
              f"Generated by `bench report` from {n_files} result file(s) under `results/runs/`"
              + (f" (preset `{preset}` only)" if preset else "") + f"; presets read: {presets}. "
              "Every answer below is computed from those files: **yes** = this run reproduces the claim under the "
-             "stated rule, **no** = it does not, **not run** = the runs it needs are missing. The tables "
-             "with every number are under `results/tables/` (`bench table`).", "",
+             "stated rule, **no** = it does not, **not tested** = the only runs it could rest on were made at "
+             "settings their preset marks as not evidence (`evidence: false`, e.g. `smoke`: tiny models and a few "
+             "epochs, which check that everything runs; their numbers are shown for orientation), **not run** = "
+             "the runs it needs are missing. The tables with every number are under `results/tables/` "
+             "(`bench table`).", "",
              "| # | claim | answer | basis |", "|---|---|---|---|"]
     for i, c in enumerate(claims, 1):
         parts.append(f"| {i} | {c.title} | **{c.answer}** | {c.basis} |")

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.errors import BenchError
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -33,16 +35,16 @@ class Workspace:
         return self.root / "data"
 
     def raw(self, dataset: str) -> Path:
-        return self.data / "raw" / dataset
+        return self.data / "raw" / _one_folder(dataset)
 
     def processed(self, dataset: str) -> Path:
-        return self.data / "processed" / dataset
+        return self.data / "processed" / _one_folder(dataset)
 
     def split(self, dataset: str, split_name: str) -> Path:
-        return self.data / "splits" / dataset / split_name
+        return self.data / "splits" / _one_folder(dataset) / _one_folder(split_name)
 
     def view(self, dataset: str, split_name: str, kind: str) -> Path:
-        return self.data / "views" / dataset / split_name / kind
+        return self.data / "views" / _one_folder(dataset) / _one_folder(split_name) / _one_folder(kind)
 
     @property
     def registered_datasets(self) -> Path:
@@ -59,3 +61,12 @@ class Workspace:
     @property
     def tables(self) -> Path:
         return self.results / "tables"
+
+
+def _one_folder(name: str) -> str:
+    """`name` as one folder inside the workspace: a name from a file (data/datasets.json, a
+    result) never reaches outside it, whatever checked it before."""
+    if not name or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")):
+        raise BenchError(f"invalid name {name!r}: names of datasets and splits are one folder name "
+                         "(no '/', '\\' or '..')")
+    return name

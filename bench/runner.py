@@ -9,9 +9,12 @@ logged with its traceback file and does not stop the others.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
 import random
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,10 +24,12 @@ import numpy as np
 import pandas as pd
 
 from bench import config as cfg
+from bench import io
 from bench.data.datasets import EMBEDDED, ensure_split, resolve_datasets
 from bench.data.splits import Split, SplitSpec
 from bench.errors import BenchError, NotApplicable
 from bench.io import atomic_path, hash_json, write_json_atomic, write_text_atomic
+from bench.locks import lock_if_free
 from bench.models import MODELS, Model
 from bench.paths import Workspace
 from bench.provenance import PeakMemory, provenance
@@ -32,7 +37,7 @@ from bench.provenance import PeakMemory, provenance
 logger = logging.getLogger(__name__)
 
 RESULT_SCHEMA = 1
-METRICS_VERSION = "spec/metrics.md@1"  # bump when the evaluator's definitions change
+METRICS_VERSION = "spec/metrics.md@1"  # docs/metrics.md (its first name, kept: a cache key); bump on change
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class Job:
 @dataclass
 class Outcome:
     job: Job
-    status: str  # ran | skipped | failed | n/a
+    status: str  # ran | skipped | failed | n/a | held (by another runner)
     path: Path | None = None
     error: str | None = None
 
@@ -201,6 +206,7 @@ def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 10
             out[start:start + len(batch), :lists.shape[1]] = lists
             continue
         scores = np.array(model.score(batch, hist), dtype=np.float32, copy=True)
+        _require_finite_scores(scores, model)
         scores[np.isnan(scores)] = -np.inf
         rows, cols = hist.nonzero()
         scores[rows, cols] = -np.inf
@@ -212,6 +218,15 @@ def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 10
         ranked[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
         out[start:start + len(batch), :kk] = ranked
     return out
+
+
+def _require_finite_scores(scores: np.ndarray, model: Model) -> None:
+    """A model whose scores (users, items) are all NaN or infinite (a diverged fit, a degenerate
+    setting) fails the job, instead of ranking nothing and being recorded with every metric 0."""
+    if scores.size and not np.isfinite(scores).any():
+        raise BenchError(f"{type(model).__name__} gave no finite score to any item for {len(scores)} users: "
+                         "its fit diverged or a setting is degenerate; check its settings "
+                         "(`bench ls --model NAME` lists them)")
 
 
 def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...]):
@@ -228,15 +243,8 @@ def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = Fa
     path = job.result_path(ws)
     split = split or ensure_split(job.dataset, ws, job.split, download=download)
     config_hash = job.config_hash(preset)
-    if path.exists() and not overwrite:
-        from bench.results import load_result
-
-        try:
-            old = load_result(path)
-            if old.get("config_hash") == config_hash and old.get("split", {}).get("hash") == split.hash:
-                return Outcome(job, "skipped", path)
-        except BenchError:
-            logger.warning("unreadable result %s is recomputed", path)
+    if path.exists() and not overwrite and _reusable(path, config_hash, split.hash):
+        return Outcome(job, "skipped", path)
 
     workdir = ws.root / "work" / job.key
     workdir.mkdir(parents=True, exist_ok=True)
@@ -269,12 +277,31 @@ def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = Fa
         "metric_settings": {"ks": list(preset.ks), "topk": preset.topk, "ranked_k": 100, "diversity_k": 20,
                             "similarity": "category", "definitions": METRICS_VERSION},
         "per_user": per_user_path.name, "recs": recs_path.name,
+        "files": {p.name: io.file_record(p) for p in (per_user_path, recs_path)},
         "timing": {"fit_seconds": round(t1 - t0, 3), "predict_seconds": round(t2 - t1, 3), **memory.report()},
         "model_info": model.extra_result(),
         "provenance": provenance(),
     }
     write_json_atomic(path, result)
     return Outcome(job, "ran", path)
+
+
+def _reusable(path: Path, config_hash: str, split_hash: str) -> bool:
+    """Whether the result at `path` is this job's and complete: its JSON readable, same config and
+    split, and every side file intact. A damaged result is recomputed, with a warning saying why."""
+    from bench.results import damaged_side_files, load_result
+
+    try:
+        old = load_result(path)
+    except BenchError as exc:
+        logger.warning("result recomputed: %s", exc)
+        return False
+    if old.get("config_hash") != config_hash or old.get("split", {}).get("hash") != split_hash:
+        return False
+    problems = damaged_side_files(path, old)
+    if problems:
+        logger.warning("result %s recomputed: %s", path, "; ".join(problems))
+    return not problems
 
 
 def _recs_frame(split: Split, users: np.ndarray, recs: np.ndarray) -> pd.DataFrame:
@@ -301,7 +328,7 @@ def _run_safely(job: Job, preset: cfg.Preset, ws: Workspace, overwrite: bool, sp
             from bench.data.splits import load_split
 
             split = load_split(split)
-        return run_job(job, preset, ws, overwrite=overwrite, split=split)
+        return _run_unless_held(job, preset, ws, overwrite, split)
     except KeyboardInterrupt:
         raise
     except NotApplicable as exc:
@@ -309,6 +336,16 @@ def _run_safely(job: Job, preset: cfg.Preset, ws: Workspace, overwrite: bool, sp
         return Outcome(job, "n/a", None, str(exc))
     except Exception as exc:  # one failing job must not stop the grid
         return _failed(job, ws, exc)
+
+
+def _run_unless_held(job: Job, preset: cfg.Preset, ws: Workspace, overwrite: bool, split: Split) -> Outcome:
+    """Run `job` unless another runner (a second `bench run`, a Dask worker) holds it: then it
+    is reported as held, and the next run finds the result it wrote."""
+    with lock_if_free(ws.root / "work" / job.key / ".job.lock") as mine:
+        if not mine:
+            logger.info("job %s is held by another runner; not run here", job.key)
+            return Outcome(job, "held", None, "held by another runner")
+        return run_job(job, preset, ws, overwrite=overwrite, split=split)
 
 
 def _failed(job: Job, ws: Workspace, exc: BaseException) -> Outcome:
@@ -365,7 +402,7 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
         from joblib import Parallel, delayed
 
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        tasks = (delayed(_indexed)(index, job, preset, ws, overwrite, split.directory, threads)
+        tasks = (delayed(_in_worker)(index, job, preset, ws, overwrite, split.directory, threads)
                  for index, job, split in runnable)
         grid.started(f"{min(n_jobs, len(runnable))} jobs in parallel")
         for index, outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks):
@@ -380,6 +417,27 @@ def _indexed(index: int, *args) -> tuple[int, Outcome]:
 
     progress.set_enabled(False)  # a worker's bars would overwrite the grid's
     return index, _run_safely(*args)
+
+
+def _in_worker(index: int, *args) -> tuple[int, Outcome]:
+    """`_indexed` in a joblib worker process, which ends when the runner that started it dies."""
+    _exit_with_parent()
+    return _indexed(index, *args)
+
+
+@functools.cache  # one watcher per worker process
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as its parent is gone. joblib's (loky's) workers outlive a
+    runner killed by a signal and would go on training for hours, writing results nobody
+    waits for; a job they leave half done is recomputed (its locks die with them)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 DEFAULT_COST_MINUTES = 30.0  # models without a cost hint (e.g. recbole:NARM)

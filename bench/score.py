@@ -53,6 +53,12 @@ def score_files(train: Path, test: Path, recs: Path, valid: Path | None = None, 
         raise DataError(f"rank {recs_df['rank'].iloc[bad[0]]!r} is not a number", recs, line=int(bad[0]) + 2,
                         fix="the rank column must hold numbers, 1 = best")
 
+    unknown = _unknown_in_recs(recs_df, [f for f in (train_df, valid_df, test_df) if f is not None], items_df)
+    if unknown["rows"]:
+        logger.warning("%s names %d user(s) and %d item(s) found in no train/valid/test%s file (%d of %d rows): "
+                       "lists of unknown users are not evaluated, unknown items count as misses; check that the "
+                       "ids match", recs, unknown["users"], unknown["items"], "/items" if items_df is not None else "",
+                       unknown["rows"], len(recs_df))
     frames = [f for f in (train_df, valid_df, test_df, recs_df) if f is not None]
     user_ids = ordered_ids(pd.concat([f["user_id"] for f in frames], ignore_index=True))
     item_ids = ordered_ids(pd.concat([f["item_id"] for f in frames]
@@ -90,7 +96,8 @@ def score_files(train: Path, test: Path, recs: Path, valid: Path | None = None, 
     result = evaluate(rec_lists, rec_users, truth, ks=tuple(ks), ranked_k=100, diversity_k=20,
                       similarity=similarity)
     logger.info("scored %d users (%d with lists)", result.n_users, len(rec_users))
-    return {"metrics": result.metrics, "n_users": result.n_users, "similarity": similarity, "ks": ks}
+    return {"metrics": result.metrics, "n_users": result.n_users, "similarity": similarity, "ks": ks,
+            "unknown_in_recs": unknown}
 
 
 def format_table(result: dict) -> str:
@@ -100,6 +107,10 @@ def format_table(result: dict) -> str:
     rows = [(name, "missing" if value is None else f"{value:.4f}") for name, value in result["metrics"].items()]
     head = (f"{result['n_users']} users; ild similarity: {result['similarity']}; "
             "was/dpa/wmrd/pwkt at K=100, normalised so a perfect page scores 1 (wmrd: 0)")
+    unknown = result.get("unknown_in_recs") or {}
+    if unknown.get("rows"):
+        head += (f"\nwarning: the lists name {unknown['users']} unknown user(s) and {unknown['items']} unknown "
+                 f"item(s) ({unknown['rows']} rows): unknown users are not evaluated, unknown items are misses")
     return head + "\n" + tabulate(rows, headers=["metric", "value"], tablefmt="github", disable_numparse=True)
 
 
@@ -108,15 +119,15 @@ def format_table(result: dict) -> str:
 
 def _read(path: Path, what: str, required: list[str], optional: Sequence[str] = ()) -> pd.DataFrame:
     """The CSV at `path` with string columns `required` (+ those of `optional` present)."""
-    from bench.io import open_text
+    from bench.io import open_text, reading
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no {what} file here", path, fix=f"give the path of a CSV with columns {','.join(required)}")
     try:
-        with open_text(path) as fh:
+        with reading(path), open_text(path) as fh:
             df = pd.read_csv(fh, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"not a readable CSV ({str(exc).strip().splitlines()[-1]})", path,
                         fix=f"expected a header line {','.join(required)}") from exc
     df.columns = [str(c).strip() for c in df.columns]
@@ -135,6 +146,18 @@ def _read(path: Path, what: str, required: list[str], optional: Sequence[str] = 
     if what in ("test", "recs") and len(df) == 0:
         raise DataError(f"the {what} file has no rows", path, fix="check that this is the right file")
     return df
+
+
+def _unknown_in_recs(recs_df: pd.DataFrame, data: list[pd.DataFrame], items_df: pd.DataFrame | None) -> dict:
+    """Counts of the users and items in `recs_df` that no data file (nor the items file) names."""
+    known_users = pd.Index(pd.concat([f["user_id"] for f in data], ignore_index=True).unique())
+    known_items = pd.Index(pd.concat([f["item_id"] for f in data]
+                                     + ([items_df["item_id"]] if items_df is not None else []),
+                                     ignore_index=True).unique())
+    bad_user = ~recs_df["user_id"].isin(known_users).to_numpy()
+    bad_item = ~recs_df["item_id"].isin(known_items).to_numpy()
+    return {"users": int(recs_df["user_id"][bad_user].nunique()), "items": int(recs_df["item_id"][bad_item].nunique()),
+            "rows": int((bad_user | bad_item).sum())}
 
 
 def _ratings(df: pd.DataFrame, path: Path) -> np.ndarray:

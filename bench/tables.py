@@ -23,7 +23,7 @@ PAPER_TABLE_LINKS = [("Table 1 · reward vs no reward", "table1_reward"),
                      ("LLM-judge win rate (Figure 3)", "judge_winrate"),
                      ("Reward models · held-out pair accuracy, PPO curves", "reward_models")]
 METRIC_NOTE = (
-    "Metrics follow spec/metrics.md (see README): recall@K = hits / |T|; recall_mvae@K = hits / min(K, |T|) "
+    "Metrics follow docs/metrics.md: recall@K = hits / |T|; recall_mvae@K = hits / min(K, |T|) "
     "(the Multi-VAE convention the paper most likely used); ranked metrics (was, dpa, wmrd, pwkt) at K = 100 are "
     "normalised by the sum of position weights so that a perfect page scores 1 (the paper's WAS divides by N); "
     "ild@20 / entropy@20 use Jaccard similarity of category sets and are blank when a dataset has no categories. "

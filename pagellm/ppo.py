@@ -2,7 +2,7 @@
 
 Why not TRL: its PPO puts the reward on the last token only, builds its own generation config
 (no item-only constraint) and takes old log-probs from processed generation scores, so the
-action space in rollout and update would differ (notes/dependencies.md). Here the actions are
+action space in rollout and update would differ (docs/dependencies.md). Here the actions are
 item tokens only, and ONE restricted distribution (`pagellm.backbones`: the item columns of the
 LM head, minus the prompt's items and the items already in the list) is used in rollout, update,
 KL and entropy.

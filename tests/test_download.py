@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import re
 import socket
@@ -232,8 +234,9 @@ def test_file_urls_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> No
     urls = file_urls("amazon2018", "All_Beauty")
     assert urls == {
         "reviews": "https://jmcauley.ucsd.edu/data/amazon_v2/categoryFilesSmall/All_Beauty_5.json.gz",
-        "meta": "http://deepyeti.ucsd.edu/jianmo/amazon/metaFiles2/meta_All_Beauty.json.gz",
+        "meta": "https://jmcauley.ucsd.edu/data/amazon_v2/metaFiles2/meta_All_Beauty.json.gz",
     }
+    assert all(url.startswith("https://") for release in RELEASES for url in file_urls(release, "X").values())
     assert file_urls("amazon2014", "Toys_and_Games")["reviews"].endswith("/reviews_Toys_and_Games_5.json.gz")
     assert file_urls("amazon2014", "Toys_and_Games")["meta"].endswith("/meta_Toys_and_Games.json.gz")
     assert file_urls("amazon2023", "All_Beauty")["reviews"].endswith("/review_categories/All_Beauty.jsonl.gz")
@@ -277,3 +280,89 @@ def test_fetch_release_files(server: _Server, tmp_path: Path) -> None:
     assert len(server.requests) == n
     with pytest.raises(ConfigError):
         fetch_release_files("amazon2018", "All_Beauty", raw, parts=("ratings",), progress=False)
+
+
+# --- checksums: recorded on first download, verified on reuse ---------------------------------
+
+def _reviews(n: int) -> bytes:
+    return gzip.compress(b"".join(b'{"reviewerID": "U%d", "asin": "I1", "overall": 5.0, "unixReviewTime": 1}\n' % u
+                                  for u in range(n)))
+
+
+@pytest.fixture
+def release(server: _Server, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A dataset folder <root>/data/raw/beauty and the base URLs of a served 2018 All_Beauty."""
+    server.files["/r/All_Beauty_5.json.gz"] = _reviews(5)
+    server.files["/m/meta_All_Beauty.json.gz"] = gzip.compress(b'{"asin": "I1", "title": "t"}\n')
+    return tmp_path / "data" / "raw" / "beauty", {"reviews": f"{server.url}/r", "meta": f"{server.url}/m"}
+
+
+def test_first_download_records_size_and_sha256(release, server: _Server) -> None:
+    raw, bases = release
+    paths = fetch_release_files("amazon2018", "All_Beauty", raw, base_urls=bases, progress=False, n_reviews=5)
+    records = json.loads((raw.parent / "checksums.json").read_text())
+    assert set(records) == {"beauty/All_Beauty_5.json.gz", "beauty/meta_All_Beauty.json.gz"}
+    for path in paths:
+        entry = records[f"beauty/{path.name}"]
+        assert entry["bytes"] == path.stat().st_size and entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert records["beauty/All_Beauty_5.json.gz"]["source"] == f"{server.url}/r/All_Beauty_5.json.gz"
+
+
+def test_changed_file_is_an_error_on_reuse_and_force_downloads_again(release, server: _Server) -> None:
+    raw, bases = release
+    fetch_release_files("amazon2018", "All_Beauty", raw, base_urls=bases, progress=False)
+    reviews = raw / "All_Beauty_5.json.gz"
+    good = reviews.read_bytes()
+    reviews.write_bytes(good[:-10])
+    n = len(server.requests)
+    with pytest.raises(DataError) as info:
+        fetch_release_files("amazon2018", "All_Beauty", raw, base_urls=bases, progress=False)
+    message = str(info.value)
+    assert str(reviews) in message and f"{len(good)} bytes" in message and f"found {len(good) - 10} bytes" in message
+    assert "bench data download --datasets beauty --force" in message
+    with pytest.raises(DataError, match="differs from the file recorded"):
+        dl.verify_recorded([reviews])  # what every read of the dataset's raw files does first
+    assert len(server.requests) == n  # nothing downloaded
+    fetch_release_files("amazon2018", "All_Beauty", raw, base_urls=bases, progress=False, force=True)
+    assert reviews.read_bytes() == good
+    dl.verify_recorded([reviews])
+
+
+def test_file_found_in_place_is_read_through_then_recorded(release, server: _Server) -> None:
+    raw, bases = release
+    raw.mkdir(parents=True)
+    reviews = raw / "All_Beauty_5.json.gz"
+    reviews.write_bytes(_reviews(5)[:-12])  # a cut-off copy placed by hand
+    with pytest.raises(DataError, match="truncated or corrupt gzip.*--datasets beauty --force"):
+        fetch_release_files("amazon2018", "All_Beauty", raw, base_urls=bases, progress=False, parts=("reviews",))
+    assert reviews.exists()  # the user's file is not deleted
+    reviews.write_bytes(_reviews(5))
+    fetch_release_files("amazon2018", "All_Beauty", raw, base_urls=bases, progress=False, parts=("reviews",))
+    assert server.requests == []
+    assert json.loads((raw.parent / "checksums.json").read_text())["beauty/All_Beauty_5.json.gz"]["source"] == \
+        "found in place"
+
+
+def test_published_review_count_is_checked(release) -> None:
+    raw, bases = release
+    with pytest.raises(DataError, match="holds 5 reviews; the release page publishes 6"):
+        fetch_release_files("amazon2018", "All_Beauty", raw, base_urls=bases, progress=False, n_reviews=6)
+    assert not (raw / "All_Beauty_5.json.gz").exists() and not (raw.parent / "checksums.json").exists()
+
+
+def test_cli_download_verify_and_force(server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.cli import main
+
+    server.files["/All_Beauty_5.json.gz"] = _reviews(5269)  # am-beauty: 5,269 published reviews
+    server.files["/meta_All_Beauty.json.gz"] = gzip.compress(b'{"asin": "I1", "title": "t"}\n')
+    argv = ["--root", str(tmp_path), "data", "download", "--datasets", "am-beauty", "--base-url", server.url]
+    assert main(argv) == 0
+    reviews = tmp_path / "data" / "raw" / "am-beauty" / "All_Beauty_5.json.gz"
+    reviews.write_bytes(reviews.read_bytes()[:-5])
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "bench data download --datasets am-beauty --force" in capsys.readouterr().err
+    assert main(["--root", str(tmp_path), "data", "prepare", "--dataset", "am-beauty"]) == 2
+    assert "differs from the file recorded" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
+    assert main(["--root", str(tmp_path), "data", "prepare", "--dataset", "am-beauty"]) == 0

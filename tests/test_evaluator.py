@@ -1,4 +1,4 @@
-"""The evaluator against /shared/spec/metrics.md: hand-computed cases and a naive reference.
+"""The evaluator against docs/metrics.md: hand-computed cases and a naive reference.
 
 Every expected number below is worked out by hand in the comments (w(r) = 1/log2(r+1):
 w(1) = 1, w(2) = 0.63093, w(3) = 0.5). The reference implementation at the bottom is

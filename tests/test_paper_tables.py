@@ -236,19 +236,79 @@ def test_judge_input_formats():
     assert pt.judge_records(None) == [] and pt.judge_records({"wins": "many"}) == []
 
 
-def test_table3_shows_stage_times_and_one_parameter_count():
-    shown = [n for n in ("fit_seconds", "peak_rss_mb", "stages.ppo.seconds", "stages.pretrain.seconds_per_epoch",
-                         "stages.ppo.memory.peak_rss_mb", "stages.ppo.parameters.total",
-                         "stages.finetune.parameters.trainable") if pt._shown_cost(n)]
-    assert shown == ["fit_seconds", "peak_rss_mb", "stages.ppo.seconds", "stages.pretrain.seconds_per_epoch",
-                     "stages.finetune.parameters.trainable"]
+def _stage(seconds: float, per_epoch: float | None = None, epochs: int = 0, rss: float = 800.0,
+           cached: bool = False) -> dict:
+    """One entry of model_info.stages as pagellm/model.py writes it."""
+    out = {"cached": cached, "seconds": seconds, "memory": {"peak_rss_mb": rss},
+           "parameters": {"total": 220_416, "trainable": 220_416}}
+    if per_epoch is not None:
+        out.update(seconds_per_epoch=per_epoch, epochs=[{"epoch": i, "seconds": per_epoch} for i in range(epochs)])
+    return out
 
 
-def test_cost_fields_from_model_info():
-    costs = pt._flatten_costs({"stage_seconds": {"ppo": 3.0}, "peak_gpu_mb": 10, "trainable_params": 5,
-                               "reward_accuracy": {"page": 0.8, "item": {"all": 0.7, "n": 9, "on-policy-greedy": 0.6}},
-                               "ppo_curve": [{"epoch": 1, "kl": 0.3}], "judge": {"wins": 1}, "backbone": "gpt2"})
-    assert costs == {"stage_seconds.ppo": 3.0, "peak_gpu_mb": 10.0, "trainable_params": 5.0}
+def _backbone_run(root: Path, backbone: str, scale: float, seed: int = 0) -> None:
+    """A `backbones` result of pagellm in the format PageLLM writes today (model_info.stages)."""
+    path = root / "results" / "runs" / "backbones" / "am-instruments" / "random-s0" / "pagellm" / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stages = {"pretrain": _stage(14.2 * scale, 13.7 * scale, 1), "finetune": _stage(3.5 * scale, 1.1 * scale, 3),
+              "lists": _stage(0.5 * scale), "reward-page": _stage(6.9 * scale, 6.7 * scale, 1, cached=True),
+              "ppo": _stage(3.9 * scale, 2.6 * scale, 1, rss=848.0 * scale)}
+    path.write_text(json.dumps({
+        "schema": 1, "preset": "backbones", "dataset": "am-instruments", "model": "pagellm", "seed": seed,
+        "split": {"name": "random-s0"}, "config_hash": "c", "config": {"backbone": backbone},
+        "metrics": {"recall@20": 0.2 * scale, "ndcg@100": 0.1 * scale},
+        "timing": {"fit_seconds": 36.9 * scale, "predict_seconds": 1.4 * scale, "peak_rss_mb": 848.0 * scale},
+        "model_info": {"backbone": backbone, "fit_seconds": 36.9 * scale, "stages": stages, "peak_gpu_mb": None,
+                       "peak_rss_mb": 848.0 * scale}}))
+
+
+def test_table3_one_row_per_backbone_and_stages_in_long_format(tmp_path):
+    """A smoke-size run gave one row of 22 columns, all bold: now a short row per backbone, stages below."""
+    _backbone_run(tmp_path, "tiny", 1.0)
+    t3 = pt.build_tables(Workspace.at(tmp_path))["table3_backbones"]
+    main, stages = t3.sections
+    assert main.headers == ["model", "backbone", "n", *pt.TABLE2_METRICS, "total s", "fine-tuning s/epoch",
+                            "peak RAM MB"]  # no GPU recorded: no GPU column
+    assert len(main.rows) == 1 and not any(c.bold for c in main.rows[0])  # nothing to be best against
+    row = [c.text for c in main.rows[0]]
+    assert row[:3] == ["pagellm", "tiny", "1"] and row[-3:] == ["38.3", "1.1", "848"]
+    assert stages.title.endswith("· per stage")
+    assert stages.headers == ["model", "backbone", "stage", "n", "s", "epochs", "s/epoch", "peak RAM MB",
+                              "trainable params", "params", "reused"]
+    assert [[c.text for c in r][2:8] for r in stages.rows] == [
+        ["pretrain", "1", "14.2", "1", "13.7", "800"], ["finetune", "1", "3.5", "3", "1.1", "800"],
+        ["lists", "1", "0.5", "", "", "800"], ["reward-page", "1", "6.9", "1", "6.7", "800"],
+        ["ppo", "1", "3.9", "1", "2.6", "848"]]
+    assert [r[-1].text for r in stages.rows] == ["no", "no", "no", "yes", "no"]
+    assert stages.rows[0][8].text == "220,416"
+    tidy = t3.tidy
+    ppo = tidy[(tidy["stage"] == "ppo") & (tidy["metric"] == "seconds_per_epoch")].iloc[0]
+    assert ppo["mean"] == pytest.approx(2.6) and ppo["backbone"] == "tiny"
+    assert tidy[tidy["metric"] == "total_seconds"]["mean"].iloc[0] == pytest.approx(38.3)
+
+
+def test_table3_two_backbones_lower_cost_in_bold(tmp_path):
+    _backbone_run(tmp_path, "gpt2", 1.0)
+    _backbone_run(tmp_path, "llama-3.2-1b", 4.0, seed=1)  # one file per (model, seed): the seed tells them apart
+    t3 = pt.build_tables(Workspace.at(tmp_path))["table3_backbones"]
+    main, stages = t3.sections
+    rows = [r for r in main.rows if not r[0].text.startswith("↳")]  # the paper's rows (both backbones are its)
+    assert [r[1].text for r in rows] == ["gpt2", "llama-3.2-1b"]
+    gpt2, llama = rows
+    assert all(c.bold for c in gpt2[-3:]) and not any(c.bold for c in llama[-3:])  # lower cost in bold
+    assert llama[3].bold and not gpt2[3].bold  # higher recall in bold
+    assert len(stages.rows) == 10 and [r[1].text for r in stages.rows[:5]] == ["gpt2"] * 5
+
+
+def test_table3_reads_older_cost_fields():
+    info = {"stage_seconds": {"pretrain": 120.0, "ppo": 60.0}, "finetune_epoch_seconds": 8.0, "peak_gpu_mb": 10,
+            "trainable_params": 5, "total_params": 7}
+    stages = pt.stages_of(info)
+    assert stages == {"pretrain": {"seconds": 120.0}, "ppo": {"seconds": 60.0}}
+    costs = pt.job_costs({"fit_seconds": 300.0, "predict_seconds": 5.0, "peak_rss_mb": 2048.0}, info, stages)
+    assert costs == {"total_seconds": 305.0, "finetune_seconds_per_epoch": 8.0, "peak_rss_mb": 2048.0,
+                     "peak_gpu_mb": 10.0}
+    assert pt.job_costs({}, {}, {}) == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,3 +432,74 @@ def test_reward_fields_parsed_leniently(caplog):
                                            {"epoch": 2, "reward_greedy": 0.4, "jaccard20_sft": 0.5}]))
     # no reward_greedy_sft recorded: the fine-tuned lists' reward is epoch 0's reward_greedy
     assert final["reward_gain"] == pytest.approx(0.3) and final["epochs"] == 2 and final["jaccard20_sft"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Evidence: runs at settings a preset marks `evidence: false` (smoke) never answer a claim
+# ---------------------------------------------------------------------------------------------
+
+def _relabel(runs: Path, src: str, dst: str) -> None:
+    """Move the fixture runs of preset `src` to preset `dst` (directory and the `preset` field)."""
+    shutil.move(str(runs / src), str(runs / dst))
+    for path in (runs / dst).rglob("seed*.json"):
+        data = json.loads(path.read_text())
+        data["preset"] = dst
+        path.write_text(json.dumps(data))
+
+
+def test_smoke_preset_is_marked_not_evidence():
+    from bench.config import load_preset
+
+    assert load_preset("smoke").evidence is False
+    assert load_preset("paper").evidence is True
+    assert pt.preset_is_evidence("smoke") is False and pt.preset_is_evidence("paper") is True
+    assert pt.preset_is_evidence("a-preset-of-mine") is True  # not shipped: nothing says it is not evidence
+
+
+def test_report_from_smoke_runs_only_says_not_tested(tmp_path):
+    """The fixture runs relabelled `smoke`: every claim reads "not tested", none a bold "no" or "yes"."""
+    runs = tmp_path / "results" / "runs"
+    shutil.copytree(RUNS, runs)
+    _relabel(runs, "paper", "smoke")
+    _relabel(runs, "backbones", "smoke-backbones")  # any name: stays evidence, but holds no claim's runs
+    text = pt.build_report(Workspace.at(tmp_path))
+    assert text.count("| **not tested (smoke settings are not evidence)** |") == 5, text
+    assert "| **no** |" not in text and "| **yes** |" not in text
+    assert "only preset(s) `smoke`, whose settings are not evidence" in text
+    # the numbers are still shown, for orientation
+    assert "am-beauty-2014 recall@20: pagellm 0.3923 vs sasrec 0.3989" in text
+
+
+def test_report_answers_from_real_settings_beside_smoke(tmp_path):
+    """Smoke runs beside runs at real settings: the answers rest on the real ones alone."""
+    runs = tmp_path / "results" / "runs"
+    shutil.copytree(RUNS, runs)
+    shutil.copytree(RUNS / "paper", runs / "smoke")
+    for path in (runs / "smoke").rglob("seed*.json"):  # smoke says pagellm is best everywhere
+        data = json.loads(path.read_text())
+        data["preset"] = "smoke"
+        if data["model"] == "pagellm":
+            data["metrics"] = {k: (v * 3 if isinstance(v, float) and k != "wmrd" else v)
+                               for k, v in data["metrics"].items()}
+        path.write_text(json.dumps(data))
+    text = pt.build_report(Workspace.at(tmp_path))
+    assert "| 1 | PageLLM is the best model on each dataset (Table 2) | **no** | from preset `paper` |" in text
+    assert ("| 2 | The reward helps: pagellm beats pagellm-sft (Table 1) | **no** | preset `reward` has no usable "
+            "results; answered from preset(s) `paper` |") in text  # smoke's blocks are not mixed in
+    assert "not tested" not in text.split("Notes:")[0].split("| # |")[1]
+
+
+def test_judge_figure_shows_n_and_wilson_intervals(rendered):
+    """Figure 3's bars come with n in their labels and a 95% Wilson interval on the win share (README)."""
+    tidy = _tidy(rendered, "judge_winrate")
+    data = pt.judge_figure_data(tidy)
+    overall = data[data["aspect"] == "overall"].iloc[0]
+    # am-toys pagellm overall, seeds 0 and 1: 34 + 31 wins, 10 + 12 ties, 16 + 17 losses
+    assert overall["n"] == 120 and "n = 120" in overall["label"] and "2 seeds" in overall["label"]
+    low, high = pt._wilson(65, 120)
+    assert overall["win_pct"] == pytest.approx(100 * 65 / 120)
+    assert (overall["ci_low_pct"], overall["ci_high_pct"]) == (pytest.approx(100 * low), pytest.approx(100 * high))
+    assert (data["ci_low_pct"] <= data["win_pct"]).all() and (data["win_pct"] <= data["ci_high_pct"]).all()
+    assert {"ci_low", "ci_high", "n"} <= set(tidy.columns)  # the numbers behind the figure, in its CSV
+    png = rendered / "results" / "tables" / "judge_winrate.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)

@@ -36,7 +36,8 @@ def test_score_by_hand(tmp_path):
     # u2: T = {i2}, L = [i2, i4]: recall = ndcg = was = dpa = 1, wmrd = 0, pwkt = 0 (|C| = 1).
     p = write(tmp_path, train=TRAIN, test=TEST, recs=RECS)
     result = score_files(p["train"], p["test"], p["recs"], ks=(2,))
-    assert set(result) == {"metrics", "n_users", "similarity", "ks"}
+    assert set(result) == {"metrics", "n_users", "similarity", "ks", "unknown_in_recs"}
+    assert result["unknown_in_recs"] == {"users": 1, "items": 0, "rows": 1}  # u3 is in no data file
     assert result["n_users"] == 2 and result["ks"] == [2] and result["similarity"] == "category"
     m = result["metrics"]
     assert (m["recall@2"], m["recall_mvae@2"], m["ndcg@2"]) == pytest.approx((1.0, 1.0, 1.0))
@@ -167,3 +168,15 @@ def test_text_similarity_with_real_encoder(tmp_path):
     # u1's list is [i4, i3] (doll, gloss), u2's [i2, i4] (car, doll): ild = 1 - cos for two items.
     expected = ((1 - cos(doll, gloss)) + (1 - cos(car, doll))) / 2
     assert result["metrics"]["ild@20"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_unknown_users_and_items_in_recs_are_counted_and_warned(tmp_path, caplog):
+    recs = RECS + "u1,zz9,4\nu1,zz8,5\nghost,i1,1\nghost,zz9,2\n"
+    p = write(tmp_path, train=TRAIN, test=TEST, recs=recs)
+    with caplog.at_level("WARNING", logger="bench.score"):
+        result = score_files(p["train"], p["test"], p["recs"], ks=(2,))
+    # users u3, ghost; items zz8, zz9; rows: u3,i1 + u1,zz9 + u1,zz8 + ghost,i1 + ghost,zz9
+    assert result["unknown_in_recs"] == {"users": 2, "items": 2, "rows": 5}
+    assert "2 user(s) and 2 item(s) found in no train/valid/test file (5 of 10 rows)" in caplog.text
+    assert "2 unknown user(s) and 2 unknown item(s) (5 rows)" in format_table(result)
+    assert result["metrics"]["recall@2"] == pytest.approx(1.0)  # the lists of known users are as before

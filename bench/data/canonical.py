@@ -3,25 +3,34 @@
 interactions: one row per (user, item) event
     user       str    original user id
     item       str    original item id
-    rating     float  1-5 stars; NaN when the source has no ratings (implicit feedback:
-                      every such row is a positive)
-    timestamp  int64  unix seconds (0 when the source has none)
+    rating     float  stars, within RATING_RANGE (0-5: the binarisation "> 3" assumes the
+                      5-point scale); NaN when the source has no ratings (implicit
+                      feedback: every such row is a positive)
+    timestamp  int64  unix seconds within TIMESTAMP_RANGE (1970-2100; 0 when the source
+                      has none)
     review_text, summary   str, optional: only from Amazon reviews files (readers add them
                       after `make_interactions`); the split keeps the text of train and
                       negatives rows in reviews.csv (`bench.data.splits`)
 
 items: one row per item with metadata (any column may be empty)
     item         str
-    title        str   HTML entities unescaped, whitespace collapsed
+    title        str   HTML markup stripped, entities unescaped, whitespace collapsed
+                       (`clean_text`, as every text column); "" when the source had none or
+                       only markup
     brand        str
     categories   str   category names joined by "|" (a "|" inside a name becomes "/")
     description  str
+    title_markup_only  bool, only when there are items: the source's title was nothing but
+                       markup (official 2018 metadata: in one category nearly every title is the
+                       fragment `<span class="a-size-medium a-color-secondary"`), now ""; the
+                       split counts these items in split.json (`n_items_title_markup_only`)
 """
 
 from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -31,17 +40,77 @@ from bench.errors import DataError
 INTERACTION_COLUMNS = ["user", "item", "rating", "timestamp"]
 ITEM_COLUMNS = ["item", "title", "brand", "categories", "description"]
 POSITIVE_THRESHOLD = 3.0  # the paper's binarisation: rating > 3 is a positive
+# Values outside these ranges are input errors (a -3 or 1e9 rating, a 1e30 timestamp that would
+# wrap to the minimum int64), reported by the readers with the file and line.
+RATING_RANGE = (0.0, 5.0)
+TIMESTAMP_RANGE = (0, 4_102_444_800)  # unix seconds: 1970-01-01 .. 2100-01-01
+RATING_RULE = "ratings are stars from 0 to 5 (rescale other scales; omit the column for implicit feedback)"
+TIMESTAMP_RULE = "timestamps are unix seconds between 1970 and 2100 (milliseconds? divide by 1000)"
 
 _SPACE = re.compile(r"\s+")
+# something that starts a tag, a closing tag or a comment / declaration: worth parsing as HTML
+_MARKUP = re.compile(r"<[A-Za-z/!?]")
+# a tag left open at the end of the text (`<span class="..."`), which the parser keeps as text
+_OPEN_TAG = re.compile(r"<[A-Za-z/!?][^<>]*$")
+# tags that sit inside a run of text: removing them must not split or join words
+_INLINE_TAGS = frozenset({"a", "abbr", "b", "bdi", "bdo", "cite", "code", "em", "font", "i", "kbd", "mark", "q",
+                          "s", "small", "span", "strong", "sub", "sup", "u", "var"})
+
+
+class _TextOnly(HTMLParser):
+    """The text of an HTML fragment: tags, comments, scripts and styles dropped, entities decoded;
+    a block-level tag (<br>, <p>, <div>, <li>, ...) separates the words on either side."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0  # inside <script> / <style>
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag not in _INLINE_TAGS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip = max(0, self._skip - 1)
+        elif tag not in _INLINE_TAGS:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def _strip_markup(text: str) -> str:
+    parser = _TextOnly()
+    parser.feed(text)
+    parser.close()
+    return _OPEN_TAG.sub("", "".join(parser.parts))
 
 
 def clean_text(value: object) -> str:
-    """Unescape HTML entities (2018 titles hold &amp;) and collapse whitespace."""
+    """The one text cleaner of the data: strip HTML markup (official 2018 metadata holds `<i>`, `<br>`,
+    `<div>` and even titles that are only an unterminated `<span ...`), unescape entities (2018 titles hold
+    &amp;) and collapse whitespace. A "<" that does not start a tag ("5 < 6", "I <3 it") is text."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     if isinstance(value, (list, tuple)):
         value = " ".join(str(v) for v in value if v)
-    return _SPACE.sub(" ", html.unescape(str(value))).strip()
+    text = str(value)
+    # the parser is slow next to a regex: only text that looks like markup goes through it
+    text = _strip_markup(text) if _MARKUP.search(text) else html.unescape(text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def _has_text(value: object) -> bool:
+    """Whether a raw field holds anything but whitespace (before cleaning)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_has_text(v) for v in value)
+    return bool(str(value).strip())
 
 
 def join_categories(names: list[str] | tuple[str, ...]) -> str:
@@ -57,23 +126,39 @@ def split_categories(value: str) -> list[str]:
     return [c for c in str(value).split("|") if c] if isinstance(value, str) else []
 
 
+def out_of_range(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """(n,) bool: values that are not finite or lie outside `bounds` (NaN counts as bad)."""
+    values = np.asarray(values, dtype="float64")
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(values) | (values < bounds[0]) | (values > bounds[1])
+
+
 def make_interactions(df: pd.DataFrame, source: object) -> pd.DataFrame:
-    """Validate and type a reader's output; raise one clear error when it is empty."""
+    """Validate and type a reader's output; raise one clear error when it is empty or a rating
+    or timestamp is out of range (readers check first, naming the line; this is the backstop)."""
     missing = [c for c in ("user", "item") if c not in df.columns]
     if missing:
         raise DataError(f"no {', '.join(missing)} column", source)
     if len(df) == 0:
         raise DataError("no interactions found (the file is empty)", source,
                         fix="check that this is the right file and format")
-    out = pd.DataFrame({
-        "user": df["user"].astype(str),
-        "item": df["item"].astype(str),
-        "rating": pd.to_numeric(df["rating"], errors="coerce").astype("float64")
-        if "rating" in df.columns else np.nan,
-        "timestamp": pd.to_numeric(df["timestamp"], errors="coerce").fillna(0).astype("int64")
-        if "timestamp" in df.columns else 0,
-    })
+    rating = pd.to_numeric(df["rating"], errors="coerce").astype("float64").to_numpy() \
+        if "rating" in df.columns else np.full(len(df), np.nan)
+    stamp = pd.to_numeric(df["timestamp"], errors="coerce").fillna(0).astype("float64").to_numpy() \
+        if "timestamp" in df.columns else np.zeros(len(df))
+    _check_range(rating, ~np.isnan(rating), RATING_RANGE, "rating", RATING_RULE, source)
+    _check_range(stamp, np.ones(len(df), dtype=bool), TIMESTAMP_RANGE, "timestamp", TIMESTAMP_RULE, source)
+    out = pd.DataFrame({"user": df["user"].astype(str).to_numpy(), "item": df["item"].astype(str).to_numpy(),
+                        "rating": rating, "timestamp": stamp.astype("int64")})
     return out.reset_index(drop=True)
+
+
+def _check_range(values: np.ndarray, checked: np.ndarray, bounds: tuple[float, float], what: str,
+                 rule: str, source: object) -> None:
+    bad = np.flatnonzero(checked & out_of_range(values, bounds))
+    if len(bad):
+        raise DataError(f"{what} {float(values[bad[0]])!r} out of range in row {bad[0] + 1} "
+                        f"({len(bad)} such rows)", source, fix=rule)
 
 
 def make_items(df: pd.DataFrame | None) -> pd.DataFrame:
@@ -82,6 +167,9 @@ def make_items(df: pd.DataFrame | None) -> pd.DataFrame:
     out = pd.DataFrame({"item": df["item"].astype(str)})
     for col in ITEM_COLUMNS[1:]:
         out[col] = df[col].map(clean_text) if col in df.columns and col != "categories" else ""
+    # a title that had something, all of it markup, is missing like an absent one, but counted
+    had_title = df["title"].map(_has_text).to_numpy(dtype=bool) if "title" in df.columns else False
+    out["title_markup_only"] = had_title & (out["title"] == "").to_numpy()
     if "categories" in df.columns:
         out["categories"] = df["categories"].map(
             lambda v: join_categories(v) if isinstance(v, (list, tuple)) else join_categories(split_categories(v)))

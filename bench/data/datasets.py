@@ -2,13 +2,15 @@
 
 One line per dataset. The paper's seven Amazon categories default to the 2018 release
 (two of them, Luxury_Beauty and Industrial_and_Scientific, exist only there); the 2014
-release is offered under its own name where the category exists in it. Three datasets ship
+release is offered under its own name where the category exists in it. Four datasets ship
 inside the package so that a fresh offline machine has real data: ``beauty-2018-sample``
 (the real 2018 All_Beauty 5-core file, no metadata), ``am-instruments-2014`` (the complete
 official 2014 Musical_Instruments 5-core file ``reviews_Musical_Instruments_5.json.gz``:
 10,261 reviews with text, 1,429 users, 900 items; no metadata, which the 2014 release
 ships as a separate file) and ``synthetic`` (generated in the official 2018 format, with
-metadata).
+metadata), plus ``gift-cards-2018`` (the complete official 2018 Gift_Cards 5-core file and
+its metadata file: 2,972 reviews, 458 users, 148 items; real titles, brands and categories,
+some of them HTML fragments).
 
 A spec whose ``files`` is set reads those files from ``bench/data/embedded`` whatever its
 release (the release then only names the reader format), so it never needs a download.
@@ -27,6 +29,7 @@ import pandas as pd
 
 from bench.errors import BenchError, DataError, UnknownNameError
 from bench.io import hash_json, sha256_file, write_json_atomic, atomic_path
+from bench.locks import locked
 from bench.paths import Workspace
 from bench.registry import Registry
 
@@ -92,6 +95,10 @@ _amazon("am-toys-2014", "amazon2014", "Toys_and_Games", None, "Toys and Games")
 DATASETS.register("beauty-2018-sample", DatasetSpec(
     "beauty-2018-sample", "embedded", "All_Beauty", "embedded: the real 2018 All_Beauty 5-core reviews (no metadata)",
     n_reviews=5_269, files=("All_Beauty_5.json.gz",), has_metadata=False))
+DATASETS.register("gift-cards-2018", DatasetSpec(
+    "gift-cards-2018", "amazon2018", "Gift_Cards",
+    "embedded: the complete official Amazon 2018 Gift_Cards 5-core reviews + metadata (titles, brands, categories)",
+    n_reviews=2_972, files=("Gift_Cards_5.json.gz", "meta_Gift_Cards.json.gz")))
 DATASETS.register("synthetic", DatasetSpec(
     "synthetic", "synthetic", "Synthetic", "embedded: generated 2018-format reviews + metadata (size small)",
     size="small"))
@@ -102,29 +109,46 @@ DATASETS.register("synthetic-medium", DatasetSpec(
     "synthetic-medium", "synthetic", "Synthetic", "embedded: generated 2018-format reviews + metadata (size medium)",
     size="medium"))
 
-EMBEDDED = ["synthetic", "beauty-2018-sample"]  # what the default run uses
-READER_VERSION = 1  # bump when a reader changes what it produces: cached tables are rebuilt
+EMBEDDED = ["am-instruments-2014", "synthetic"]  # what the default run uses
+READER_VERSION = 2  # bump when a reader changes what it produces: cached tables are rebuilt
+# 2: HTML markup stripped from every text field, titles that were only markup flagged
 
 
 # --- user-registered datasets -------------------------------------------------------------
 
+_NAME_RULE = "lower-case letters, digits, '-' or '_' (no '/', '..' or spaces), at most 64 characters"
+
+
 def check_user_name(name: str) -> str:
     if not _USER_NAME.match(name or ""):
-        raise BenchError(f"invalid dataset name {name!r}: use lower-case letters, digits, '-' or '_' "
-                         "(no '/', '..' or spaces), at most 64 characters")
+        raise BenchError(f"invalid dataset name {name!r}: use {_NAME_RULE}")
     return name
 
 
 def user_datasets(ws: Workspace) -> dict[str, DatasetSpec]:
-    path = ws.registered_datasets
+    return {name: DatasetSpec(name, "user", description=d.get("description", ""), source=d["source"],
+                              format=d.get("format"), min_core=d.get("min_core", 0))
+            for name, d in _read_registered(ws.registered_datasets).items()}
+
+
+def _read_registered(path: Path) -> dict[str, dict]:
+    """The entries of data/datasets.json. Every name is checked again here, where it is read:
+    the file may have been edited by hand, and names become folders of the workspace."""
     if not path.exists():
         return {}
+    fix = "correct or remove that entry, or delete the file and run `bench data prepare --dataset NAME --source PATH`"
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise DataError(f"not valid JSON ({exc})", path, fix="fix or delete the file and run `bench data prepare` again")
-    return {name: DatasetSpec(name, "user", description=d.get("description", ""), source=d["source"],
-                              format=d.get("format"), min_core=d.get("min_core", 0)) for name, d in raw.items()}
+        raise DataError(f"not valid JSON ({exc})", path, fix=fix) from None
+    if not isinstance(raw, dict):
+        raise DataError("expected a mapping of dataset name -> settings", path, fix=fix)
+    for name, entry in raw.items():
+        if not _USER_NAME.match(name):
+            raise DataError(f"{name!r} is not a valid dataset name (use {_NAME_RULE})", path, fix=fix)
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            raise DataError(f"dataset {name!r} has no 'source' path", path, fix=fix)
+    return raw
 
 
 def register_user_dataset(ws: Workspace, name: str, source: Path, fmt: str | None, min_core: int = 0) -> DatasetSpec:
@@ -134,15 +158,15 @@ def register_user_dataset(ws: Workspace, name: str, source: Path, fmt: str | Non
     source = Path(source).expanduser().resolve()
     if not source.exists():
         raise DataError("no such file or directory", source, fix="give --source the path of your data")
-    entries = {}
-    if ws.registered_datasets.exists():
-        entries = json.loads(ws.registered_datasets.read_text())
-    entries[name] = {"source": str(source), "format": fmt, "min_core": min_core,
-                     "description": f"user data from {source}"}
-    spec = DatasetSpec(name, "user", description=entries[name]["description"], source=str(source), format=fmt,
+    entry = {"source": str(source), "format": fmt, "min_core": min_core, "description": f"user data from {source}"}
+    spec = DatasetSpec(name, "user", description=entry["description"], source=str(source), format=fmt,
                        min_core=min_core)
     prepare(spec, ws, force=True)  # read it now: bad data fails here, before registration
-    write_json_atomic(ws.registered_datasets, entries)
+    # Read, change and write the file under a lock: concurrent registrations all land.
+    with locked(ws.registered_datasets.with_name(".datasets.json.lock")):
+        entries = _read_registered(ws.registered_datasets)
+        entries[name] = entry
+        write_json_atomic(ws.registered_datasets, entries)
     return spec
 
 
@@ -203,13 +227,15 @@ def raw_files(spec: DatasetSpec, ws: Workspace, *, download: bool = False) -> li
     expected = {part: raw_dir / url.rsplit("/", 1)[-1] for part, url in dl.file_urls(spec.release, spec.category).items()}
     missing = [p for p in expected.values() if not p.exists()]
     if missing and download:
-        dl.fetch_release_files(spec.release, spec.category, raw_dir)
+        dl.fetch_release_files(spec.release, spec.category, raw_dir, n_reviews=spec.n_reviews)
         missing = [p for p in expected.values() if not p.exists()]
     if missing and not expected["reviews"].exists():
         raise DataError(f"raw files of {spec.name} are missing", missing[0],
                         fix=f"run `bench data download --datasets {spec.name}`, or place "
                             f"{', '.join(p.name for p in missing)} in {raw_dir} by hand")
-    return [p for p in expected.values() if p.exists()]
+    present = [p for p in expected.values() if p.exists()]
+    dl.verify_recorded(present)  # a file changed since its download is an error, not silently read
+    return present
 
 
 def missing_raw_files(spec: DatasetSpec, ws: Workspace) -> list[Path]:

@@ -16,25 +16,37 @@ before the file name can be replaced (a mirror, a local server, a file share) th
     BENCH_AMAZON2023_URL        BENCH_AMAZON2023_META_URL
 
 File names always stay the official ones, so a file fetched by hand can be dropped in place.
+
+Every raw file is recorded, the first time `fetch_release_files` meets it (downloaded, or found in
+place), in ``data/raw/checksums.json`` (size and SHA-256, `CHECKSUMS`); from then on a file that
+differs from its record is an error, never used silently (`verify_recorded`). A gzip file is read
+through once before it is recorded, and a 5-core review file must hold the number of reviews its
+release page publishes (`n_reviews`, from the dataset registry). The release pages publish no byte
+sizes or hashes, so none are built in.
 """
 
 from __future__ import annotations
 
 import difflib
+import gzip
 import http.client
+import json
 import logging
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from tqdm import tqdm
 
 from bench.errors import BenchError, ConfigError, DataError, UnknownNameError
-from bench.io import sha256_file
+from bench.io import file_record, is_gzip, sha256_file, write_json_atomic
+from bench.locks import locked
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +56,21 @@ RELEASES: dict[str, dict[str, str]] = {
     "amazon2018": {
         "reviews": "https://jmcauley.ucsd.edu/data/amazon_v2/categoryFilesSmall/{category}_5.json.gz",
         # listed behind the release's access form; hence the configurable base URL
-        "meta": "http://deepyeti.ucsd.edu/jianmo/amazon/metaFiles2/meta_{category}.json.gz",
+        # The release page links http://deepyeti.ucsd.edu/jianmo/amazon/metaFiles2/ (plain http); the
+        # same files are served over https beside the reviews (and from datarepo.eng.ucsd.edu).
+        "meta": "https://jmcauley.ucsd.edu/data/amazon_v2/metaFiles2/meta_{category}.json.gz",
     },
     "amazon2014": {
-        "reviews": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz",
-        "meta": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_{category}.json.gz",
+        "reviews": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz",
+        "meta": "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_{category}.json.gz",
     },
     "amazon2023": {
         "reviews": "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw/review_categories/{category}.jsonl.gz",
         "meta": "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw/meta_categories/meta_{category}.jsonl.gz",
     },
 }
+
+CHECKSUMS = "checksums.json"  # in the raw-data folder, beside the datasets' folders
 
 _CHUNK = 1 << 16
 _USER_AGENT = "pagellm-bench/0.1 (research benchmark downloader)"
@@ -260,11 +276,15 @@ def _stream(response: http.client.HTTPResponse, url: str, dest: Path, part: Path
 
 def fetch_release_files(release: str, category: str, raw_dir: Path, *,
                         base_urls: Mapping[str, str] | None = None,
-                        parts: Iterable[str] = ("reviews", "meta"), progress: bool = True) -> list[Path]:
-    """Download the given parts of one category of one release into `raw_dir`.
+                        parts: Iterable[str] = ("reviews", "meta"), progress: bool = True,
+                        force: bool = False, n_reviews: int | None = None) -> list[Path]:
+    """Download the given parts of one category of one release into `raw_dir` (``<root>/data/raw/<dataset>``).
 
-    Files already present under their official names are not downloaded again (so a file
-    fetched by hand and placed there is used as is). Returns the paths, in `parts` order.
+    A file already present under its official name is not downloaded again (so a file fetched by
+    hand and placed there is used) but checked: against its checksum record when it has one, else
+    read through and recorded; `n_reviews`, when given, is the published number of reviews (lines)
+    of the reviews file. `force` deletes present files and downloads them again. Returns the paths,
+    in `parts` order.
     """
     urls = file_urls(release, category, base_urls)
     raw_dir = Path(raw_dir)
@@ -273,5 +293,90 @@ def fetch_release_files(release: str, category: str, raw_dir: Path, *,
         if part not in urls:
             raise ConfigError(f"release {release!r} has no part {part!r} (parts: {', '.join(urls)})")
         dest = raw_dir / file_name(release, category, part)
-        paths.append(download(urls[part], dest, progress=progress))
+        if force:
+            dest.unlink(missing_ok=True)
+            dest.with_name(dest.name + ".part").unlink(missing_ok=True)
+        if dest.exists() and _record_of(dest) is not None:
+            verify_recorded([dest])
+            paths.append(dest)
+            continue
+        found = dest.exists()
+        download(urls[part], dest, progress=progress)
+        _check_complete(dest, n_reviews if part == "reviews" else None, found)
+        _record(dest, urls[part] if not found else None)
+        paths.append(dest)
     return paths
+
+
+def verify_recorded(paths: Iterable[Path]) -> None:
+    """Check each raw file that has a checksum record against it (files without one pass).
+
+    Raises DataError naming the file, what differs, and the command that downloads it again."""
+    for path in map(Path, paths):
+        record = _record_of(path)
+        if record is None:
+            continue
+        size = path.stat().st_size
+        if size != record["bytes"] or sha256_file(path) != record["sha256"]:
+            got = f"{size} bytes" if size != record["bytes"] else "other content (sha256)"
+            raise DataError(f"differs from the file recorded in {path.parent.parent / CHECKSUMS}: "
+                            f"{record['bytes']} bytes, sha256 {record['sha256'][:12]}..., found {got}", path,
+                            fix=f"download it again with `bench data download --datasets {path.parent.name} --force`; "
+                                "to keep this file instead, delete its entry from the checksums file")
+
+
+def _checksums_path(path: Path) -> Path:
+    return path.parent.parent / CHECKSUMS
+
+
+def _record_key(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def _record_of(path: Path) -> dict | None:
+    """The checksum record of the raw file `path` (``<raw>/<dataset>/<file>``), or None."""
+    checksums = _checksums_path(path)
+    if not checksums.exists():
+        return None
+    try:
+        records = json.loads(checksums.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"unreadable checksums file ({exc})", checksums,
+                        fix="delete it; the files are checked and recorded again on the next download") from None
+    record = records.get(_record_key(path)) if isinstance(records, dict) else None
+    return record if isinstance(record, dict) and {"bytes", "sha256"} <= set(record) else None
+
+
+def _record(path: Path, url: str | None) -> None:
+    """Add `path`'s size and sha256 to the checksums file (under a lock: downloads may run at once)."""
+    checksums = _checksums_path(path)
+    entry = {**file_record(path), "source": url or "found in place",
+             "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with locked(checksums.with_name(f".{CHECKSUMS}.lock")):
+        records = json.loads(checksums.read_text()) if checksums.exists() else {}
+        records[_record_key(path)] = entry
+        write_json_atomic(checksums, dict(sorted(records.items())))
+
+
+def _check_complete(path: Path, published: int | None, found: bool) -> None:
+    """A gzip file must read through to its end, and hold `published` lines (reviews) when known;
+    else the file is deleted when it was just downloaded, and a DataError names it. (A plain text
+    file under a .gz name is readable, gzip being detected by its magic bytes: not checked.)"""
+    if not is_gzip(path):
+        return
+    lines = 0
+    problem = None
+    try:
+        with gzip.open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(_CHUNK * 16), b""):
+                lines += block.count(b"\n")
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        problem = f"truncated or corrupt gzip file ({type(exc).__name__}: {exc})"
+    if problem is None and published is not None and lines != published:
+        problem = f"holds {lines} reviews; the release page publishes {published}"
+    if problem is None:
+        return
+    if not found:
+        path.unlink(missing_ok=True)
+    raise DataError(problem, path, fix=f"download it again with `bench data download --datasets {path.parent.name} "
+                                       "--force`, or place a complete copy there")

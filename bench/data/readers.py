@@ -35,7 +35,10 @@ beside the canonical columns because PageLLM's prompts quote review text (throug
 processed interactions.parquet into the split's reviews.csv, train and negatives rows only).
 
 Every malformed line stops the read with one `DataError` naming the file, the 1-based line
-number and the fix; nothing is skipped silently.
+number and the fix; nothing is skipped silently. So does a line that is not UTF-8 (never
+replaced: two ids differing there would merge), a rating outside 0-5 or a timestamp outside
+1970-2100 in unix seconds (`canonical.RATING_RANGE`, `TIMESTAMP_RANGE`; the same rule for
+generic CSV), and a truncated or corrupt gzip file (the message says how to get it again).
 """
 
 from __future__ import annotations
@@ -52,9 +55,19 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.data.canonical import dedupe_latest, k_core, make_interactions, make_items
+from bench.data.canonical import (
+    RATING_RANGE,
+    RATING_RULE,
+    TIMESTAMP_RANGE,
+    TIMESTAMP_RULE,
+    dedupe_latest,
+    k_core,
+    make_interactions,
+    make_items,
+    out_of_range,
+)
 from bench.errors import DataError
-from bench.io import open_text
+from bench.io import open_text, reading
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +248,7 @@ def _expand(paths: Sequence[Path | str] | Path | str) -> list[Path]:
 
 def _first_line(path: Path) -> str:
     """The first non-blank line (BOM stripped); DataError when the file is empty."""
-    with open_text(path) as fh:
+    with reading(path), open_text(path) as fh:
         for line in fh:
             if line.strip():
                 return line.lstrip("\ufeff").strip()
@@ -354,7 +367,7 @@ def _is_number(text: str) -> bool:
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(1-based line number, object) per non-blank line; DataError on the first bad line."""
     empty = True
-    with open_text(path) as fh:
+    with reading(path), open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -375,7 +388,7 @@ def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
 def _literal_records(path: Path) -> Iterator[tuple[int, dict]]:
     """2014 metadata: one Python dict literal per line (ast.literal_eval, never eval)."""
     empty = True
-    with open_text(path) as fh:
+    with reading(path), open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             text = line.strip().lstrip("\ufeff")
             if not text:
@@ -411,23 +424,33 @@ def _require(record: dict, key: str, path: Path, lineno: int) -> Any:
 def _rating(value: Any, key: str, path: Path, lineno: int) -> float:
     try:
         rating = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         rating = math.nan
-    if isinstance(value, bool) or not math.isfinite(rating):
+    if isinstance(value, bool) or math.isnan(rating):
         raise DataError(f"non-numeric rating {value!r} in field {key!r}", path, lineno,
                         fix="ratings must be numbers such as 4.0")
+    if out_of_range(np.array([rating]), RATING_RANGE)[0]:
+        raise DataError(f"rating {value!r} in field {key!r} out of range", path, lineno, fix=RATING_RULE)
     return rating
 
 
-def _timestamp(value: Any, key: str, path: Path, lineno: int) -> int:
+def _timestamp(value: Any, key: str, path: Path, lineno: int, per_second: int = 1) -> int:
+    """Unix seconds from `value`, which counts `per_second` units a second (1000: milliseconds)."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number):
+    if isinstance(value, bool) or math.isnan(number):
         raise DataError(f"non-numeric timestamp {value!r} in field {key!r}", path, lineno,
                         fix="timestamps must be unix times (numbers)")
-    return int(value) if isinstance(value, int) else int(number)
+    if out_of_range(np.array([number / per_second]), TIMESTAMP_RANGE)[0]:
+        raise DataError(f"timestamp {value!r} in field {key!r} out of range{_unit(per_second)}", path, lineno,
+                        fix=TIMESTAMP_RULE)
+    return (value if isinstance(value, int) else int(number)) // per_second
+
+
+def _unit(per_second: int) -> str:
+    return "" if per_second == 1 else " (this format counts milliseconds)"
 
 
 def _text(value: Any) -> str:
@@ -475,7 +498,7 @@ def _read_reviews_2023(path: Path) -> pd.DataFrame:
             _require(rec, "parent_asin", path, lineno)  # raises, naming the field
         items.append(str(item))
         ratings.append(_rating(_require(rec, "rating", path, lineno), "rating", path, lineno))
-        stamps.append(_timestamp(_require(rec, "timestamp", path, lineno), "timestamp", path, lineno) // 1000)
+        stamps.append(_timestamp(_require(rec, "timestamp", path, lineno), "timestamp", path, lineno, 1000))
         texts.append(_text(rec.get("text")))
         summaries.append(_text(rec.get("title")))  # the review's headline: 2014/2018 "summary"
     df = make_interactions(pd.DataFrame({"user": users, "item": items, "rating": ratings,
@@ -538,7 +561,7 @@ def _read_meta_2023(path: Path) -> pd.DataFrame:
 def _read_csv(path: Path, header: bool) -> pd.DataFrame:
     """All cells as strings ('NA' stays an id), blank lines kept so row i is line i+1(+1 header)."""
     try:
-        with open_text(path) as fh:
+        with reading(path), open_text(path) as fh:
             df = pd.read_csv(fh, header=0 if header else None, dtype=str, keep_default_na=False,
                              skip_blank_lines=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -583,11 +606,13 @@ def _drop_blank_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _check_values(df: pd.DataFrame, path: Path, first_line: int, ids: Sequence[str],
-                  numeric: Sequence[str], unit: str = "line") -> dict[str, np.ndarray]:
-    """Ids non-empty and numeric columns numbers; report the first bad row as its line number.
+                  numeric: Sequence[str], unit: str = "line", per_second: int = 1) -> dict[str, np.ndarray]:
+    """Ids non-empty, numeric columns numbers, ratings and timestamps in range (`canonical`);
+    report the first bad row as its line number.
 
     first_line is the line number of row 0 (1 headerless, 2 after a header). For Parquet
-    (no lines) unit="row" and the number is the 1-based row.
+    (no lines) unit="row" and the number is the 1-based row. per_second: units of the
+    timestamp column per second (1000 for milliseconds).
     """
     def where(pos: int) -> tuple[int | None, str]:
         # The index still holds the row's position in the file (blank rows were dropped after).
@@ -614,6 +639,14 @@ def _check_values(df: pd.DataFrame, path: Path, first_line: int, ids: Sequence[s
                                 fix=f"every row needs a {col}")
             raise DataError(f"non-numeric {col} {value!r}{extra}", path, line, fix=f"{col} must be a number")
         out[col] = values.to_numpy()
+    for col, (bounds, rule, scale) in (("rating", (RATING_RANGE, RATING_RULE, 1)),
+                                        ("timestamp", (TIMESTAMP_RANGE, TIMESTAMP_RULE, per_second))):
+        bad = out_of_range(out[col] / scale, bounds) if col in out else np.zeros(0, dtype=bool)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            line, extra = where(pos)
+            raise DataError(f"{col} {df[col].iloc[pos]!r} out of range{extra}{_unit(scale) if col == 'timestamp' else ''}",
+                            path, line, fix=rule)
     return out
 
 
@@ -667,7 +700,7 @@ def _read_ratings_2023(path: Path) -> pd.DataFrame:
     df = _drop_blank_rows(df) if unit == "line" else df  # Parquet has no blank lines
     if len(df) == 0:
         raise DataError("the file is empty (header only)", path, fix="re-download it or remove it")
-    values = _check_values(df, path, first, ("user_id", "parent_asin"), ("rating", "timestamp"), unit)
+    values = _check_values(df, path, first, ("user_id", "parent_asin"), ("rating", "timestamp"), unit, 1000)
     out = pd.DataFrame({"user": df["user_id"].astype(str),
                         "item": df["parent_asin"].astype(str),
                         "rating": values["rating"],

@@ -15,7 +15,7 @@ prefix of the user's train items predicts the next one. Valid: the user's train 
 (by time) predict each valid item. Test: train + valid items, merged by time, predict each
 test item. Histories keep the last ``max_len`` items. Load them with
 ``alias_of_item_id: [item_id_list]``; without it RecBole silently re-maps history ids to
-other items (see notes/dependencies.md). Category names become single tokens (spaces ->
+other items (see docs/dependencies.md). Category names become single tokens (spaces ->
 "_"), because RecBole splits token_seq fields on spaces.
 """
 

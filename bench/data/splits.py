@@ -21,11 +21,13 @@ Files in ``data/splits/<dataset>/<split_name>/`` (plain CSV with header, origina
                                      preference-pair generation)
     items.csv                        item_id,title,brand,categories,description
     reviews.csv                      user_id,item_id,summary,review_text   (see below)
-    split.json                       spec, counts, dropped users, content hash
+    split.json                       spec, counts, dropped users, content hash; among the
+                                     counts n_items_title_markup_only (titles that were
+                                     only HTML markup in the source, now missing)
 The content hash is the sha256 of those six files (in that order), first 16 hex digits.
 
 reviews.csv holds the review text (``review_text``, ``summary`` from a reviews file, HTML
-entities unescaped, whitespace collapsed) of the TRAIN and NEGATIVES rows only, one row per
+markup stripped and entities unescaped, whitespace collapsed: `canonical.clean_text`) of the TRAIN and NEGATIVES rows only, one row per
 (user, item) that has non-empty text, ordered like those files; it is always written (header
 only when the source has no text: ratings CSVs, generic data). Valid and test rows never
 have their text here: a held-out review names the held-out item and usually its rating, so
@@ -163,6 +165,9 @@ def make_split(interactions: pd.DataFrame, items: pd.DataFrame, spec: SplitSpec,
         "n_dropped_users": n_dropped,
         "n_dropped_cold_start": int((part == -1).sum()),
         "n_items_with_metadata": int(len(item_table)),
+        # titles that were only HTML markup in the source (now missing); see bench.data.canonical
+        "n_items_title_markup_only": int(item_table["title_markup_only"].sum())
+        if "title_markup_only" in item_table.columns else 0,
         "n_reviews": int(len(frames["reviews"])),
     }
     return frames
