@@ -174,12 +174,18 @@ class LocalLLM(LLMClient):
     def _save_converted(model, tokenizer, target: Path):
         """Save the de-quantised GGUF model as a plain checkpoint in `target` (written to a temporary
         folder, then renamed). `save_pretrained` refuses a GGUF-loaded model, so the weights go into a
-        model built from the same config. Returns the model to use; a failed save only logs."""
+        model built from the same config. Returns the model to use; a failed save only logs.
+
+        The save holds the lock ``.<target>.lock``: temporary folders found beside `target` then
+        belong to saves that were killed (about 0.5 GB each) and are removed first."""
         import shutil
         import tempfile
 
         from transformers import AutoModelForCausalLM
 
+        from bench.locks import locked
+
+        tmp = None
         try:
             config = model.config
             if hasattr(config, "quantization_config"):
@@ -188,18 +194,23 @@ class LocalLLM(LLMClient):
             plain.load_state_dict(model.state_dict())
             plain.eval()
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-            plain.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            try:
-                os.replace(tmp, target)
-            except OSError:  # another job converted it meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
+            with locked(target.parent / f".{target.name}.lock"):
+                for stale in target.parent.glob(f".{target.name}-*"):
+                    logger.info("removing %s, left by an interrupted conversion", stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+                if not target.exists():  # else another job converted it meanwhile
+                    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+                    plain.save_pretrained(tmp)
+                    tokenizer.save_pretrained(tmp)
+                    os.replace(tmp, target)
             logger.info("saved the de-quantised %s in %s", SMOLLM2, target)
             return plain
         except Exception as exc:  # an optimisation only: the GGUF-loaded model still works
             logger.warning("could not save a converted copy of %s in %s (%s)", SMOLLM2, target, exc)
             return model
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def _render(self, prompt: str) -> str:
         tok = self._tokenizer

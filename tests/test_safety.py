@@ -256,3 +256,44 @@ def test_killing_a_parallel_run_stops_its_workers(tmp_path, signal_name):
         parent.kill()
         for pid in filter(_alive, workers):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- the offline LLM's converted copy: no half-written folders left behind ---------------------
+
+class _Tokenizer:
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+
+    def save_pretrained(self, path):
+        if self.fail:
+            raise OSError("disk full")
+        (Path(path) / "tokenizer.json").write_text("{}")
+
+
+def _tiny_lm():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=1, n_embd=8, vocab_size=16, n_positions=8))
+
+
+def test_converted_llm_copy_removes_what_killed_conversions_left(tmp_path):
+    from bench.llm import LocalLLM
+
+    target = tmp_path / "smollm2-135m-x-fp32"
+    stale = tmp_path / f".{target.name}-k1ll3d"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    LocalLLM._save_converted(_tiny_lm(), _Tokenizer(), target)
+    assert (target / "config.json").exists() and (target / "tokenizer.json").exists()
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{target.name}-")) == []
+
+
+def test_a_failed_conversion_leaves_no_temporary_folder(tmp_path):
+    from bench.llm import LocalLLM
+
+    target = tmp_path / "smollm2-135m-x-fp32"
+    model = _tiny_lm()
+    assert LocalLLM._save_converted(model, _Tokenizer(fail=True), target) is model  # falls back, logs
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{target.name}-")] == []
