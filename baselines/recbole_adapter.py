@@ -4,8 +4,10 @@ Each model trains on the exported split files (`bench.data.recbole_export`): gen
 ``<ds>.{train,valid,test}.inter``, sequential ones on the pre-augmented ``<ds>-seq`` files with
 ``alias_of_item_id``. Early stopping uses OUR evaluator on the validation split (ndcg@20 by
 default, the same history masking as the final scoring) instead of RecBole's, so every model in
-this project is selected the same way; the best state is kept in memory and restored after
-training (no reload of RecBole's pickled checkpoints, which torch >= 2.6 refuses by default).
+this project is selected the same way (of equal scores the first is best, as in
+`bench.training.EarlyStopping`, where RecBole alone would keep the last); the best state is kept
+in memory and restored after training (no reload of RecBole's pickled checkpoints, which
+torch >= 2.6 refuses by default).
 S3Rec runs its self-supervised pre-training stage, then fine-tunes from it. Scores come from
 RecBole's ``full_sort_predict``; the harness masks the history and cuts the top-K.
 
@@ -196,23 +198,30 @@ def _select_trainer(base):
             self.adapter, self.split, self.metric = adapter, split, metric
             self.best_state, self.best_value, self.best_epoch = None, float("-inf"), -1
             self.epochs_run, self.last_loss = 0, None
-            self._epoch = -1
+            self._last_value = float("-inf")
 
         def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
             loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
-            self._epoch, self.epochs_run = epoch_idx, epoch_idx + 1
+            self.epochs_run = epoch_idx + 1
             self.last_loss = float(sum(loss) if isinstance(loss, tuple) else loss)
             return loss
 
         def _valid_epoch(self, valid_data, show_progress=False):
             value = validate(self.adapter, self.split, self.metric)
-            if value > self.best_value:
-                self.best_value, self.best_epoch = value, self._epoch
-            return value, {self.metric: value}
+            self._last_value = value
+            # RecBole's early_stopping counts a tie as an improvement (`value >= best`: it keeps
+            # the LAST of equal scores and restarts its patience). Every other model here keeps
+            # the FIRST (`bench.training.EarlyStopping`, strictly greater). A tie is reported to
+            # RecBole as just below the best, so it neither saves it nor restarts the patience.
+            reported = float(np.nextafter(value, -np.inf)) if value == self.best_value else value
+            return reported, {self.metric: value}
 
         def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-            # Called by RecBole exactly when the validation score improved: keep it in memory.
+            # Called by RecBole exactly when the best score improved (strictly, see above): the
+            # weights kept, the best epoch and the best score are recorded together, so they
+            # always describe the same epoch.
             self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_epoch, self.best_value = epoch, self._last_value
 
     return ValidatedTrainer
 
