@@ -56,17 +56,19 @@ class RecBoleModel(Model):
     recbole_name: str = ""
 
     def fit(self, split, config: RecBoleConfig, workdir: Path) -> None:
+        from bench.recbole_compat import recbole_job
+
+        # RecBole's files go under `workdir` and its process-wide changes are undone (bench.recbole_compat).
+        with recbole_job(Path(workdir)):
+            self._fit(split, config, workdir)
+
+    def _fit(self, split, config: RecBoleConfig, workdir: Path) -> None:
         import torch
         from recbole.data import create_dataset, data_preparation
         from recbole.utils import get_trainer, init_seed
 
         from bench.data.recbole_export import export_recbole
-        from bench.recbole_compat import (
-            check_params,
-            make_config,
-            quiet_recbole,
-            working_directory,
-        )
+        from bench.recbole_compat import check_params, make_config, quiet_recbole
 
         check_params(self.recbole_name, config.params)
         self.split = split
@@ -99,7 +101,7 @@ class RecBoleModel(Model):
             values["pretrain_epochs"] = config.pretrain_epochs
         self.rb_config = make_config(self.recbole_name, dataset_name, views["data_path"], values, self.workdir)
         init_seed(config.seed, True)
-        with working_directory(self.workdir), quiet_recbole():
+        with quiet_recbole():
             dataset = create_dataset(self.rb_config)
             train_data, valid_data, test_data = data_preparation(self.rb_config, dataset)
         self.dataset = dataset
@@ -121,7 +123,7 @@ class RecBoleModel(Model):
             self.rb_config["pre_model_path"] = str(self._pretrain_s3rec(train_data, config))
 
         init_seed(config.seed, True)
-        with working_directory(self.workdir), quiet_recbole():
+        with quiet_recbole():
             self.model = model_class(self.rb_config, train_data.dataset).to(self.rb_config["device"])
             trainer_class = _select_trainer(get_trainer(self.rb_config["MODEL_TYPE"], self.recbole_name))
             trainer = trainer_class(self.rb_config, self.model, self, split, config.valid_metric)
@@ -139,11 +141,11 @@ class RecBoleModel(Model):
         import torch
         from recbole.trainer import PretrainTrainer
 
-        from bench.recbole_compat import quiet_recbole, working_directory
+        from bench.recbole_compat import quiet_recbole
 
         model_class = _recbole_class("S3Rec")
         self.rb_config["save_step"] = config.pretrain_epochs
-        with working_directory(self.workdir), quiet_recbole():
+        with quiet_recbole():
             model = model_class(self.rb_config, train_data.dataset).to(self.rb_config["device"])
             trainer = PretrainTrainer(self.rb_config, model)
             trainer.pretrain(train_data, verbose=False, show_progress=False)

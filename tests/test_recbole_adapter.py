@@ -56,3 +56,97 @@ def test_a_tie_does_not_restart_the_patience(split, tmp_path, monkeypatch, one_t
     # RecBole stops after stopping_step + 1 validations without a (strict) improvement.
     model, _ = _fit_with_scores(split, tmp_path, monkeypatch, [0.3] * 6, stopping_step=1)
     assert model.info["epochs_run"] == 3 and model.info["best_epoch"] == 0
+
+
+def test_a_job_leaves_the_process_as_it_found_it(split, tmp_path, monkeypatch, one_torch_thread):
+    # RecBole sets CUDA_VISIBLE_DEVICES ("" for a CPU run) and makes cuDNN deterministic; the
+    # next job of the process must not inherit either. No os.chdir (unsafe with threads), and
+    # nothing written to the working directory.
+    import os
+
+    import torch
+
+    torch.cuda.is_available()  # fix this process's devices before the variable is changed
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    def no_chdir(path):
+        raise AssertionError(f"os.chdir({path!r}) during a RecBole job")
+
+    monkeypatch.setattr(os, "chdir", no_chdir)
+    seen = []
+    import baselines.recbole_adapter as adapter_module
+
+    def scripted(adapter, split, metric):
+        seen.append((torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark))
+        return 0.5
+
+    monkeypatch.setattr(adapter_module, "validate", scripted)
+    model = MODELS.get("multivae")()
+    config = cfg.build(model.Config, {**cfg.model_yaml("multivae", "smoke"), "epochs": 2, "device": "cpu"},
+                       "multivae")
+    model.fit(split, config, tmp_path / "work")
+    assert seen == [(True, False)] * 2  # RecBole's reproducible settings while it trains
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,1"
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "work" / "log_tensorboard").is_dir() and (tmp_path / "work" / "checkpoints").is_dir()
+    assert model.score(np.arange(3), split.history("test")[:3]).shape == (3, split.n_items)
+
+
+def test_an_unset_cuda_visible_devices_stays_unset(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    from bench.recbole_compat import make_config
+
+    torch.cuda.is_available()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    config = make_config("BPR", "toyset", str(tmp_path), {"use_gpu": False, "gpu_id": ""}, tmp_path / "work")
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert str(config["device"]) == "cpu" and os.path.isabs(config["checkpoint_dir"])
+
+
+def test_overlapping_jobs_in_threads_restore_cudnn_when_the_last_ends(tmp_path, monkeypatch):
+    import threading
+
+    import torch
+
+    from bench.recbole_compat import _job_tensorboard, recbole_job
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    a_started, b_started, a_done = threading.Event(), threading.Event(), threading.Event()
+    during = {}
+
+    def job_a():
+        with recbole_job(tmp_path / "a"):
+            torch.backends.cudnn.deterministic = True  # as RecBole's init_seed does
+            a_started.set()
+            b_started.wait(5)
+            writer = _job_tensorboard(None)
+            during["a"] = writer.log_dir
+            writer.close()
+        a_done.set()
+
+    def job_b():
+        a_started.wait(5)
+        with recbole_job(tmp_path / "b"):
+            b_started.set()
+            a_done.wait(5)
+            writer = _job_tensorboard(None)
+            during["b"] = (writer.log_dir, torch.backends.cudnn.deterministic)
+            writer.close()
+
+    threads = [threading.Thread(target=job_a), threading.Thread(target=job_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert during["a"] == str(tmp_path / "a" / "log_tensorboard")
+    assert during["b"] == (str(tmp_path / "b" / "log_tensorboard"), True)  # a ended, b still runs
+    assert torch.backends.cudnn.deterministic is False

@@ -24,14 +24,13 @@ def split(tmp_path, interactions, items_table):
 def _load(model: str, dataset: str, data_path: str, extra: dict, workdir):
     from recbole.data import create_dataset, data_preparation
 
-    from bench.recbole_compat import make_config, working_directory
+    from bench.recbole_compat import make_config
 
     config = make_config(model, dataset, data_path, {
         "benchmark_filename": ["train", "valid", "test"],
         "eval_args": {"order": "TO", "group_by": "user", "mode": "full"}, **extra}, workdir)
-    with working_directory(workdir):
-        dataset = create_dataset(config)
-        return dataset, data_preparation(config, dataset)
+    dataset = create_dataset(config)
+    return dataset, data_preparation(config, dataset)
 
 
 def test_general_files_load_with_matching_counts(tmp_path, split):
