@@ -150,3 +150,9 @@ def test_overlapping_jobs_in_threads_restore_cudnn_when_the_last_ends(tmp_path, 
     assert during["a"] == str(tmp_path / "a" / "log_tensorboard")
     assert during["b"] == (str(tmp_path / "b" / "log_tensorboard"), True)  # a ended, b still runs
     assert torch.backends.cudnn.deterministic is False
+
+
+@pytest.mark.parametrize("settings", ["default", "cpu", "smoke"])
+def test_bert4rec_masks_as_its_paper_did_on_amazon(settings):
+    # Sun et al. 2019: mask proportion 0.6 on Amazon Beauty (RecBole's default 0.2 is ML-1m's).
+    assert cfg.model_yaml("bert4rec", settings)["params"]["mask_ratio"] == 0.6
