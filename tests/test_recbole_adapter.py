@@ -156,3 +156,22 @@ def test_overlapping_jobs_in_threads_restore_cudnn_when_the_last_ends(tmp_path, 
 def test_bert4rec_masks_as_its_paper_did_on_amazon(settings):
     # Sun et al. 2019: mask proportion 0.6 on Amazon Beauty (RecBole's default 0.2 is ML-1m's).
     assert cfg.model_yaml("bert4rec", settings)["params"]["mask_ratio"] == 0.6
+
+
+def test_multivae_latent_is_the_papers_200(split, tmp_path, monkeypatch, one_torch_thread):
+    # Liang et al. 2018: 600-d hidden layer, 200-d latent z. RecBole's encoder outputs
+    # latent_dimension values, half of them the mean, half the log-variance.
+    import torch
+
+    import baselines.recbole_adapter as adapter_module
+
+    monkeypatch.setattr(adapter_module, "validate", lambda adapter, split, metric: 0.5)
+    model = MODELS.get("multivae")()
+    model.fit(split, cfg.build(model.Config, {**cfg.model_yaml("multivae", "default"), "epochs": 1}, "multivae"),
+              tmp_path / "work")
+    net = model.model
+    net.eval()
+    with torch.no_grad():
+        _, mu, logvar = net(torch.ones(2, net.n_items))
+    assert mu.shape == logvar.shape == (2, 200)
+    assert net.encoder[0].out_features == 600 and net.decoder[0].in_features == 200
