@@ -13,7 +13,7 @@ import numpy as np
 def top_k_indices(scores: np.ndarray, k: int, tie_order: np.ndarray | None = None) -> np.ndarray:
     """(n_rows, min(k, n_items)) column indices of each row's k best scores, best first.
 
-    scores: (n_rows, n_items), compared as given (NaN is not allowed: map it to -inf first).
+    scores: (n_rows, n_items) floats (NaN is not allowed: map it to -inf first).
     tie_order: optional (n_items,) permutation; equal scores then go in its order (an item
     earlier in `tie_order` first) instead of by item index.
 
