@@ -14,21 +14,27 @@ from bench.models import Model, ModelConfig
 @dataclass(frozen=True)
 class ItemKNNConfig(ModelConfig):
     k: int = field(default=100, metadata={"help": "neighbours kept per item"})
-    shrink: float = field(default=0.0, metadata={"help": "shrinkage added to the cosine denominator"})
+    shrink: float = field(default=0.0, metadata={
+        "help": "added to the cosine denominator: sim(i, j) = co(i, j) / (|i| |j| + shrink), "
+                "which damps similarities resting on few co-occurrences (>= 0)"})
 
 
 class ItemKNN(Model):
     Config = ItemKNNConfig
 
     def fit(self, split, config: ItemKNNConfig, workdir: Path) -> None:
-        x = split.matrix(("train",)).astype(np.float32)
-        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-        sim = (x.T @ x).tocsr().astype(np.float32)
-        sim = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ sim @ sp.diags(1.0 / np.maximum(norms, 1e-12))
-        if config.shrink:
-            co = (x.T @ x).tocsr()
-            sim = sim.multiply(co / (co + config.shrink))
-        self.sim = _keep_top_k_per_column(sp.csr_matrix(sim), config.k)
+        from bench.errors import ConfigError
+
+        if config.shrink < 0:
+            raise ConfigError(f"itemknn.shrink must be >= 0, not {config.shrink}")
+        x = split.matrix(("train",)).astype(np.float64)
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())  # (n_items,) column norms |i|
+        co = (x.T @ x).tocoo()  # co(i, j) = sum over users of x_ui x_uj
+        # The shrunk cosine (as RecBole's ItemKNN): co(i, j) / (|i| |j| + shrink). An item with a
+        # co-occurrence has |i| > 0, so the denominator is positive for every stored entry.
+        sim = co.data / (norms[co.row] * norms[co.col] + config.shrink)
+        sim = sp.csr_matrix((sim.astype(np.float32), (co.row, co.col)), shape=co.shape)
+        self.sim = _keep_top_k_per_column(sim, config.k)
 
     def score(self, users: np.ndarray, history) -> np.ndarray:
         return np.asarray((history @ self.sim).todense(), dtype=np.float32)

@@ -48,9 +48,8 @@ class PopModel(Model):
     Config = PopConfig
 
     def fit(self, split, config: PopConfig, workdir: Path) -> None:
-        counts = np.bincount(split.train["item"].to_numpy(), minlength=split.n_items).astype(np.float32)
-        # A tiny decreasing offset makes the tie-break explicit instead of argsort-dependent.
-        self.scores = counts - np.arange(split.n_items, dtype=np.float32) / (10.0 * split.n_items)
+        # Equal counts are ranked by `bench.ranking`'s rule (lower item index first), exactly.
+        self.scores = np.bincount(split.train["item"].to_numpy(), minlength=split.n_items).astype(np.float32)
 
     def score(self, users: np.ndarray, history) -> np.ndarray:
         return np.broadcast_to(self.scores, (len(users), len(self.scores))).copy()

@@ -4,8 +4,10 @@ Each model trains on the exported split files (`bench.data.recbole_export`): gen
 ``<ds>.{train,valid,test}.inter``, sequential ones on the pre-augmented ``<ds>-seq`` files with
 ``alias_of_item_id``. Early stopping uses OUR evaluator on the validation split (ndcg@20 by
 default, the same history masking as the final scoring) instead of RecBole's, so every model in
-this project is selected the same way; the best state is kept in memory and restored after
-training (no reload of RecBole's pickled checkpoints, which torch >= 2.6 refuses by default).
+this project is selected the same way (of equal scores the first is best, as in
+`bench.training.EarlyStopping`, where RecBole alone would keep the last); the best state is kept
+in memory and restored after training (no reload of RecBole's pickled checkpoints, which
+torch >= 2.6 refuses by default).
 S3Rec runs its self-supervised pre-training stage, then fine-tunes from it. Scores come from
 RecBole's ``full_sort_predict``; the harness masks the history and cuts the top-K.
 
@@ -55,17 +57,19 @@ class RecBoleModel(Model):
     recbole_name: str = ""
 
     def fit(self, split, config: RecBoleConfig, workdir: Path) -> None:
+        from bench.recbole_compat import recbole_job
+
+        # RecBole's files go under `workdir` and its process-wide changes are undone (bench.recbole_compat).
+        with recbole_job(Path(workdir)):
+            self._fit(split, config, workdir)
+
+    def _fit(self, split, config: RecBoleConfig, workdir: Path) -> None:
         import torch
         from recbole.data import create_dataset, data_preparation
         from recbole.utils import get_trainer, init_seed
 
         from bench.data.recbole_export import export_recbole
-        from bench.recbole_compat import (
-            check_params,
-            make_config,
-            quiet_recbole,
-            working_directory,
-        )
+        from bench.recbole_compat import check_params, make_config, quiet_recbole
 
         check_params(self.recbole_name, config.params)
         self.split = split
@@ -98,7 +102,7 @@ class RecBoleModel(Model):
             values["pretrain_epochs"] = config.pretrain_epochs
         self.rb_config = make_config(self.recbole_name, dataset_name, views["data_path"], values, self.workdir)
         init_seed(config.seed, True)
-        with working_directory(self.workdir), quiet_recbole():
+        with quiet_recbole():
             dataset = create_dataset(self.rb_config)
             train_data, valid_data, test_data = data_preparation(self.rb_config, dataset)
         self.dataset = dataset
@@ -120,7 +124,7 @@ class RecBoleModel(Model):
             self.rb_config["pre_model_path"] = str(self._pretrain_s3rec(train_data, config))
 
         init_seed(config.seed, True)
-        with working_directory(self.workdir), quiet_recbole():
+        with quiet_recbole():
             self.model = model_class(self.rb_config, train_data.dataset).to(self.rb_config["device"])
             trainer_class = _select_trainer(get_trainer(self.rb_config["MODEL_TYPE"], self.recbole_name))
             trainer = trainer_class(self.rb_config, self.model, self, split, config.valid_metric)
@@ -138,11 +142,11 @@ class RecBoleModel(Model):
         import torch
         from recbole.trainer import PretrainTrainer
 
-        from bench.recbole_compat import quiet_recbole, working_directory
+        from bench.recbole_compat import quiet_recbole
 
         model_class = _recbole_class("S3Rec")
         self.rb_config["save_step"] = config.pretrain_epochs
-        with working_directory(self.workdir), quiet_recbole():
+        with quiet_recbole():
             model = model_class(self.rb_config, train_data.dataset).to(self.rb_config["device"])
             trainer = PretrainTrainer(self.rb_config, model)
             trainer.pretrain(train_data, verbose=False, show_progress=False)
@@ -197,7 +201,7 @@ def _select_trainer(base):
             self.adapter, self.split, self.metric = adapter, split, metric
             self.best_state, self.best_value, self.best_epoch = None, float("-inf"), -1
             self.epochs_run, self.last_loss = 0, None
-            self._epoch = -1
+            self._last_value = float("-inf")
 
         def fit(self, train_data, valid_data=None, *args, **kwargs):
             # One bar of epochs with the loss and our validation metric (RecBole's own, per batch, stay off).
@@ -209,7 +213,7 @@ def _select_trainer(base):
 
         def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
             loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
-            self._epoch, self.epochs_run = epoch_idx, epoch_idx + 1
+            self.epochs_run = epoch_idx + 1
             self.last_loss = float(sum(loss) if isinstance(loss, tuple) else loss)
             self.bar.update()
             progress.note(loss=self.last_loss)
@@ -217,14 +221,21 @@ def _select_trainer(base):
 
         def _valid_epoch(self, valid_data, show_progress=False):
             value = validate(self.adapter, self.split, self.metric)
-            if value > self.best_value:
-                self.best_value, self.best_epoch = value, self._epoch
-            progress.note(**{self.metric: value, "best": self.best_value})
-            return value, {self.metric: value}
+            self._last_value = value
+            # RecBole's early_stopping counts a tie as an improvement (`value >= best`: it keeps
+            # the LAST of equal scores and restarts its patience). Every other model here keeps
+            # the FIRST (`bench.training.EarlyStopping`, strictly greater). A tie is reported to
+            # RecBole as just below the best, so it neither saves it nor restarts the patience.
+            reported = float(np.nextafter(value, -np.inf)) if value == self.best_value else value
+            progress.note(**{self.metric: value, "best": max(value, self.best_value)})
+            return reported, {self.metric: value}
 
         def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-            # Called by RecBole exactly when the validation score improved: keep it in memory.
+            # Called by RecBole exactly when the best score improved (strictly, see above): the
+            # weights kept, the best epoch and the best score are recorded together, so they
+            # always describe the same epoch.
             self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_epoch, self.best_value = epoch, self._last_value
 
     return ValidatedTrainer
 

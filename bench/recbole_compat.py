@@ -12,8 +12,20 @@
   planned: KD_DAGFM ``eval``s its ``teacher`` setting again), and each key a setting RecBole
   knows for the model, with a value of its type (``check_params``, before the job trains:
   RecBole ignores a misspelt key silently).
-- RecBole writes ``./log`` and ``./log_tensorboard`` in the working directory and names
-  checkpoints by the second; ``make_config`` points every path into the run's own folder.
+- RecBole names checkpoints by the second and resolves its paths against the working
+  directory: ``checkpoint_dir`` (default ``saved``; its dataset and dataloader caches live
+  there too), ``data_path``, and the tensorboard folder ``log_tensorboard``, which is not a
+  setting (``recbole.utils.get_tensorboard``). ``make_config`` makes the first two absolute,
+  under the run's own folder; the trainers' tensorboard writer is replaced once, process-wide
+  (``_job_tensorboard``), by one that writes under the folder of the job running in the
+  calling thread (``recbole_job``) and writes nothing outside a job. RecBole's ``./log`` is
+  written only by ``init_logger``, which bench never calls. So nothing changes the working
+  directory (``os.chdir`` is process-wide: unsafe with threads, e.g. Dask workers).
+- RecBole changes process-wide state: ``Config`` sets ``CUDA_VISIBLE_DEVICES`` (to "" for a
+  CPU run, which would hide the GPUs from every later job of the process), and ``init_seed``
+  makes cuDNN deterministic. ``make_config`` restores the variable as soon as the Config is
+  built, and ``recbole_job`` restores the cuDNN flags when the last RecBole job of the process
+  ends.
 - ``quiet_recbole`` hides RecBole's own FutureWarnings while its code runs.
 - numpy < 2, scipy < 1.13 and pandas < 3 are handled by pins in pyproject.toml
   (docs/dependencies.md items 1, 2 and 4), not here.
@@ -23,12 +35,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import contextvars
 import difflib
 import functools
 import importlib.util
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -49,16 +63,62 @@ def blank_argv() -> Iterator[None]:
         sys.argv = saved
 
 
+# --- one RecBole job's effect on the process ----------------------------------------------
+
+_JOB_FOLDER: contextvars.ContextVar[Path | None] = contextvars.ContextVar("recbole_job_folder", default=None)
+_STATE_LOCK = threading.Lock()  # guards CUDA_VISIBLE_DEVICES while a Config is built, and the counter below
+_jobs_running = 0
+_cudnn_before: tuple[bool, bool] | None = None
+
+
 @contextlib.contextmanager
-def working_directory(path: Path) -> Iterator[None]:
-    """RecBole's logger and tensorboard writer use relative paths: run them inside `path`."""
-    path.mkdir(parents=True, exist_ok=True)
-    saved = os.getcwd()
-    os.chdir(path)
+def recbole_job(workdir: Path) -> Iterator[None]:
+    """Run one RecBole job (model, dataset, trainer) with `workdir` as its folder.
+
+    Its tensorboard files go to ``workdir/log_tensorboard`` (never to the working directory), and
+    the cuDNN flags RecBole's ``init_seed`` sets (deterministic, no benchmark) hold while it
+    runs and are restored when the last RecBole job of the process ends (jobs in threads
+    overlap: the flags are process-wide).
+    """
+    import torch
+
+    global _jobs_running, _cudnn_before
+    with _STATE_LOCK:
+        if _jobs_running == 0:
+            _cudnn_before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+        _jobs_running += 1
+    token = _JOB_FOLDER.set(Path(workdir).resolve())
     try:
         yield
     finally:
-        os.chdir(saved)
+        _JOB_FOLDER.reset(token)
+        with _STATE_LOCK:
+            _jobs_running -= 1
+            if _jobs_running == 0 and _cudnn_before is not None:
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = _cudnn_before
+
+
+class _NoTensorboard:
+    """A SummaryWriter that writes nothing (RecBole used outside `recbole_job`)."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def _job_tensorboard(logger):
+    """Stands in for ``recbole.utils.get_tensorboard``, which writes to ``./log_tensorboard``."""
+    folder = _JOB_FOLDER.get()
+    if folder is None:
+        return _NoTensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder / "log_tensorboard"))
+
+
+def _install_tensorboard_shim() -> None:
+    import recbole.trainer.trainer as trainer_module
+
+    trainer_module.get_tensorboard = _job_tensorboard  # every trainer class looks it up there
 
 
 @contextlib.contextmanager
@@ -76,19 +136,34 @@ def quiet_recbole() -> Iterator[None]:
 
 def make_config(model: str, dataset: str, data_path: str, config_dict: dict, workdir: Path):
     """A RecBole Config built only from `config_dict` (never from argv or cwd files)."""
+    import torch
     from recbole.config import Config
 
+    _install_tensorboard_shim()
     values = {
-        "data_path": str(data_path),
-        "checkpoint_dir": str(Path(workdir) / "checkpoints"),
+        "data_path": str(Path(data_path).resolve()),
+        # Its dataset and dataloader caches (dataset_save_path, dataloaders_save_path) default
+        # to files in this folder too; save_dataset and save_dataloaders keep them unwritten.
+        "checkpoint_dir": str(Path(workdir).resolve() / "checkpoints"),
         "show_progress": False,
         "save_dataset": False,
         "save_dataloaders": False,
         **config_dict,
     }
     values = {key: _no_code(value) for key, value in values.items()}
-    with blank_argv(), working_directory(Path(workdir)):
-        return Config(model=model, dataset=dataset, config_dict=values)
+    with _STATE_LOCK, blank_argv():
+        # Config._init_device sets CUDA_VISIBLE_DEVICES, then asks torch for the devices. The
+        # first such question fixes the devices the process sees, for good: ask it first, under
+        # the user's setting, and restore the variable afterwards.
+        torch.cuda.is_available()
+        saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+        try:
+            return Config(model=model, dataset=dataset, config_dict=values)
+        finally:
+            if saved is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 def _no_code(value: Any) -> Any:

@@ -37,7 +37,7 @@ from bench.provenance import PeakMemory, provenance
 logger = logging.getLogger(__name__)
 
 RESULT_SCHEMA = 1
-METRICS_VERSION = "spec/metrics.md@1"  # docs/metrics.md (its first name, kept: a cache key); bump on change
+METRICS_VERSION = "docs/metrics.md@2"  # part of every cache key; bump on change (@2: exact top-K tie rule)
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,11 @@ def seed_everything(seed: int) -> None:
 def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 1024) -> np.ndarray:
     """(len(users), k) item indices, best first, history removed, -1 where fewer than k remain.
 
-    The one place where lists are cut: every model's history is masked here, identically.
+    The one place where lists are cut: every model's history is masked here, identically, and
+    scores are ranked by the one rule of `bench.ranking` (ties: lower item index first).
     """
     from bench.evaluator import clean_lists
+    from bench.ranking import top_k_indices
 
     out = np.full((len(users), k), -1, dtype=np.int64)
     for start in range(0, len(users), batch_size):
@@ -210,13 +212,9 @@ def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 10
         scores[np.isnan(scores)] = -np.inf
         rows, cols = hist.nonzero()
         scores[rows, cols] = -np.inf
-        kk = min(k, scores.shape[1])
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.lexsort((part, -part_scores), axis=1)  # ties: lower item index first
-        ranked = np.take_along_axis(part, order, axis=1)
-        ranked[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1
-        out[start:start + len(batch), :kk] = ranked
+        ranked = top_k_indices(scores, k)  # higher score first; ties: lower item index first
+        ranked[np.take_along_axis(scores, ranked, axis=1) == -np.inf] = -1
+        out[start:start + len(batch), :ranked.shape[1]] = ranked
     return out
 
 

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("*.py", "*.md", "*.toml", "*.yaml")
 # a docs path as prose cites it: docs/metrics.md, `docs/dependencies.md`, (../docs/pagellm.md)
 DOCS_PATH = re.compile(r"(?<![\w.-])((?:\.\./)?docs/[\w./-]+\.md)")
-# where the definitions lived before they were shipped; "spec/metrics.md@1" is METRICS_VERSION, a label
+# where the definitions lived before they were shipped; "spec/metrics.md@1" is an old METRICS_VERSION, a label
 OUTSIDE = re.compile(r"(?<![\w])((?:/?shared/|\.\./shared/)?(?:spec/metrics\.md|notes/dependencies\.md))(?!@)")
 
 

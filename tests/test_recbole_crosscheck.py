@@ -33,12 +33,12 @@ def _fit(name: str, split, tmp_path):
 def _recbole_metrics(adapter, tmp_path) -> dict:
     from recbole.trainer import Trainer
 
-    from bench.recbole_compat import quiet_recbole, working_directory
+    from bench.recbole_compat import quiet_recbole
 
     config = adapter.rb_config
     config["metrics"], config["topk"] = ["Recall", "NDCG"], [20, 100]
     config["metric_decimal_place"] = 10  # RecBole rounds to 4 places by default
-    with working_directory(tmp_path / "eval"), quiet_recbole():
+    with quiet_recbole():
         trainer = Trainer(config, adapter.model)
         return trainer.evaluate(adapter.dataloaders["test"], load_best_model=False)
 

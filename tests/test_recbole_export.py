@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from bench.data.recbole_export import export_recbole, sequential_rows
+from bench.data.recbole_export import EXPORT_VERSION, export_recbole, sequential_rows
 from bench.data.splits import SplitSpec, load_split, make_split, write_split
 from bench.paths import Workspace
 
@@ -24,14 +27,13 @@ def split(tmp_path, interactions, items_table):
 def _load(model: str, dataset: str, data_path: str, extra: dict, workdir):
     from recbole.data import create_dataset, data_preparation
 
-    from bench.recbole_compat import make_config, working_directory
+    from bench.recbole_compat import make_config
 
     config = make_config(model, dataset, data_path, {
         "benchmark_filename": ["train", "valid", "test"],
         "eval_args": {"order": "TO", "group_by": "user", "mode": "full"}, **extra}, workdir)
-    with working_directory(workdir):
-        dataset = create_dataset(config)
-        return dataset, data_preparation(config, dataset)
+    dataset = create_dataset(config)
+    return dataset, data_preparation(config, dataset)
 
 
 def test_general_files_load_with_matching_counts(tmp_path, split):
@@ -77,9 +79,22 @@ def test_sequential_rows_are_prefixes(split):
 
 
 def test_export_is_cached_by_split_hash(tmp_path, split):
-    ws = Workspace(tmp_path)
     out = export_recbole(split)
-    inter = tmp_path / "data" / "views" / "toyset" / split.name / "recbole" / out["general"] / f"{out['general']}.inter"
+    inter = Path(out["data_path"]) / out["general"] / f"{out['general']}.train.inter"
     mtime = inter.stat().st_mtime_ns
     export_recbole(split)
     assert inter.stat().st_mtime_ns == mtime
+
+
+def test_no_whole_data_file_with_the_test_rows(tmp_path, split):
+    out = export_recbole(split)
+    general = Path(out["data_path"]) / out["general"]
+    whole = general / f"{out['general']}.inter"
+    assert sorted(p.name for p in general.iterdir()) == [
+        f"toyset.{part}" for part in ("item", "test.inter", "train.inter", "valid.inter")]
+    # a view exported by version 1 (with that file) is rebuilt, and the file removed
+    marker = Path(out["data_path"]) / "export.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "version": 1}))
+    whole.write_text("user_id:token\titem_id:token\n")
+    export_recbole(split)
+    assert not whole.exists() and json.loads(marker.read_text())["version"] == EXPORT_VERSION > 1

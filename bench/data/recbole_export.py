@@ -2,9 +2,9 @@
 
 Written under ``data/views/<dataset>/<split>/recbole/``:
 
-    <ds>/<ds>.inter                   user_id:token item_id:token rating:float timestamp:float (all positives)
     <ds>/<ds>.item                    item_id:token brand:token categories:token_seq title:token_seq
     <ds>/<ds>.{train,valid,test}.inter  the split files, for ``benchmark_filename``
+                                      user_id:token item_id:token rating:float timestamp:float
     <ds>-seq/<ds>-seq.{train,valid,test}.inter
                                       pre-augmented sequential rows
                                       user_id:token item_id_list:token_seq item_id:token
@@ -17,6 +17,10 @@ test item. Histories keep the last ``max_len`` items. Load them with
 ``alias_of_item_id: [item_id_list]``; without it RecBole silently re-maps history ids to
 other items (see docs/dependencies.md). Category names become single tokens (spaces ->
 "_"), because RecBole splits token_seq fields on spaces.
+
+There is no whole-data ``<ds>.inter``: with ``benchmark_filename`` RecBole reads only the split
+files, and a file holding the test rows beside the training data invites leakage. Version 1
+wrote one; re-exporting an old view deletes it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from bench.io import atomic_path, write_json_atomic
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
 SEQ_HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
 ITEM_HEADER = ["item_id:token", "brand:token", "categories:token_seq", "title:token_seq"]
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: no whole-data <ds>.inter
 
 
 def _clean_token(text: str) -> str:
@@ -101,8 +105,7 @@ def export_recbole(split, max_len: int = 50) -> dict[str, str]:
         except ValueError:
             pass
 
-    positives = pd.concat([split.train, split.valid, split.test])
-    _write(general / f"{name}.inter", INTER_HEADER, _inter_frame(split, positives))
+    (general / f"{name}.inter").unlink(missing_ok=True)  # written by version 1, with the test rows
     for part in ("train", "valid", "test"):
         _write(general / f"{name}.{part}.inter", INTER_HEADER, _inter_frame(split, getattr(split, part)))
     items = split.items
