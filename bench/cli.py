@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                      help="override a setting, e.g. --set ease.l2=200 or --set split.protocol=loo (repeatable)")
     run.add_argument("--overwrite", action="store_true", help="recompute jobs whose result already exists")
-    run.add_argument("--jobs", type=int, default=1, help="run this many jobs in parallel processes (joblib)")
+    run.add_argument("--jobs", type=int, help="run this many jobs in parallel processes (joblib; default: the "
+                                                 "preset's `jobs`, at most the CPU count)")
     run.add_argument("--executor", choices=["local", "dask"], default="local",
                      help="local processes, or a Dask cluster (see --scheduler)")
     run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default $BENCH_DASK_SCHEDULER)")
@@ -186,8 +188,9 @@ def cmd_run(args) -> int:
         raise BenchError(f"nothing to run: preset {preset.name} has no job for these --models/--datasets "
                          "(see `bench ls presets`)")
     print(f"preset {preset.name}: {len(jobs)} job(s); results under {ws.runs}")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise BenchError("--jobs must be at least 1")
+    n_jobs = args.jobs or max(1, min(preset.jobs, os.cpu_count() or 1))
     # Checked before the grid, reported once each: data to download, models that cannot run here.
     not_run = 0
     missing = {} if args.download else missing_data(jobs, ws)
@@ -204,13 +207,11 @@ def cmd_run(args) -> int:
               file=sys.stderr)
     scheduler = None
     if args.executor == "dask":
-        import os
-
         scheduler = args.scheduler or os.environ.get("BENCH_DASK_SCHEDULER")
         if not scheduler:
             raise BenchError("--executor dask needs --scheduler tcp://HOST:PORT (or $BENCH_DASK_SCHEDULER)")
     outcomes = run_grid(jobs, preset, ws, overwrite=args.overwrite, download=args.download,
-                        progress=not args.no_progress, n_jobs=args.jobs, scheduler=scheduler,
+                        progress=not args.no_progress, n_jobs=n_jobs, scheduler=scheduler,
                         gpu_resource=args.gpu_resource)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ran", "skipped", "failed", "n/a", "held")}
     for o in outcomes:

@@ -258,3 +258,31 @@ def test_cost_hints_come_from_the_registry(tmp_path):
                 datasets="synthetic-tiny")
     hints = {j.model: cost_hint(j) for j in jobs}
     assert hints == {"pop": 0.1, "recmind": 240.0, "recbole:NARM": DEFAULT_COST_MINUTES}
+
+
+# --------------------------------------------------------------------------- the default run
+
+def test_no_arguments_run_the_cpu_preset_with_the_presets_jobs(tmp_path, monkeypatch, capsys):
+    """`bench run` alone plans the cpu preset (every model on the embedded real category and
+    synthetic) and runs its `jobs: 2` at once, capped at the CPU count; --jobs still wins."""
+    import os
+
+    import bench.runner
+
+    seen = []
+
+    def fake_grid(jobs, preset, ws, **kwargs):
+        seen.append((preset.name, kwargs["n_jobs"], sorted({j.dataset for j in jobs}), len(jobs)))
+        return []
+
+    monkeypatch.setattr(bench.runner, "run_grid", fake_grid)
+    monkeypatch.setattr("bench.cli._judge", lambda *a, **k: 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert _run(tmp_path, "--no-table") == 0
+    assert _run(tmp_path, "--no-table", "--jobs", "1") == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert _run(tmp_path, "--no-table") == 0
+    models = len(__import__("bench.models", fromlist=["MODELS"]).MODELS.names())
+    assert seen == [("cpu", 2, ["am-instruments-2014", "synthetic"], 2 * models),
+                    ("cpu", 1, ["am-instruments-2014", "synthetic"], 2 * models),
+                    ("cpu", 1, ["am-instruments-2014", "synthetic"], 2 * models)]
