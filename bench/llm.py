@@ -76,6 +76,11 @@ class LLMClient:
     def stats(self) -> dict:
         return {}
 
+    def count_tokens(self, texts: Sequence[str], *, as_prompt: bool = False) -> list[int] | None:
+        """Tokens of each text in the model's tokenizer (`as_prompt`: as the model reads a prompt,
+        chat template included), or None when this backend cannot count them here."""
+        return None
+
 
 # --------------------------------------------------------------------------- local (transformers)
 
@@ -137,10 +142,7 @@ class LocalLLM(LLMClient):
 
         t0 = time.perf_counter()
         self.device = pick_device(self.device_pref)
-        path, kwargs = self.path, ({"gguf_file": self.gguf_file} if self.gguf_file else {})
-        converted = self._converted_path()
-        if converted is not None and (converted / "config.json").exists():
-            path, kwargs = converted, {}
+        path, kwargs, converted = self._source()
         logger.info("loading %s from %s on %s", self.model_ref, path, self.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
@@ -158,6 +160,31 @@ class LocalLLM(LLMClient):
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.load_seconds = time.perf_counter() - t0
         logger.info("loaded %s in %.1f s", self.model_ref, self.load_seconds)
+
+    def _source(self) -> tuple[Path, dict, Path | None]:
+        """(directory to load, from_pretrained kwargs, converted copy's path or None)."""
+        path, kwargs = self.path, ({"gguf_file": self.gguf_file} if self.gguf_file else {})
+        converted = self._converted_path()
+        if converted is not None and (converted / "config.json").exists():
+            path, kwargs = converted, {}
+        return path, kwargs, converted
+
+    def count_tokens(self, texts: Sequence[str], *, as_prompt: bool = False) -> list[int] | None:
+        """Tokens per text; loads the tokenizer alone when the model is not loaded (answers served
+        by the cache are counted without loading the model)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            path, kwargs, _ = self._source()
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+            except (OSError, ValueError) as exc:
+                raise BenchError(f"{path}: cannot load a tokenizer ({exc})") from None
+        tok = self._tokenizer
+        has_template = bool(getattr(tok, "chat_template", None))
+        if as_prompt:
+            texts = [self._render(t) for t in texts]
+        return [len(tok(t, add_special_tokens=as_prompt and not has_template).input_ids) for t in texts]
 
     def _converted_path(self) -> Path | None:
         if self.convert_dir is None:
@@ -429,6 +456,9 @@ class CachedLLM(LLMClient):
         settings = decoding_key(max_new_tokens, temperature, seed)
         shas = list(dict.fromkeys(prompt_sha256(p) for p in prompts))
         return len(shas) - len(self.cache.get(self.name, shas, settings))
+
+    def count_tokens(self, texts: Sequence[str], *, as_prompt: bool = False) -> list[int] | None:
+        return self.backend.count_tokens(texts, as_prompt=as_prompt)
 
     def stats(self) -> dict:
         return {"cache_path": str(self.cache.path), "cache_hits": self.hits, "cache_misses": self.misses,
