@@ -1,42 +1,60 @@
-"""`recmind`: RecMind (Wang et al. 2023), an LLM agent with planning and tools, in compact form.
+"""`recmind`: RecMind (Wang et al. 2023), an LLM agent that plans, calls tools and revises its plan.
 
-The paper's agent interleaves Thought / Action / Observation steps ("self-inspiring" planning)
-and calls tools (a database tool over the user's history, a search tool, a text summariser)
-before it answers. Here the plan is fixed and its tool steps are run by code; the LLM does the
-step that needs it, once per user:
+Per user the agent runs a ReAct-style loop of at most `max_steps` LLM calls. Each call sees the
+task, the tools and every step explored so far, and answers ``Thought: ...`` and
+``Action: tool[arguments]``; the harness runs the tool and the observation joins the next prompt.
 
-    1. history tool    the user's last `history_len` known items, oldest first (titles; the
-                       item id where an item has no title)
-    2. retrieval tool  item-kNN (`baselines.itemknn.ItemKNN`, `knn_k` neighbours per item):
-                       the user's `n_candidates` best-scored unseen items (ties: more training
-                       interactions first, then lower item index)
-    3. LLM             one prompt with the plan, the history and the numbered candidates; it
-                       answers the numbers of its `llm_rank_k` best candidates, best first
-    4. parsing         numbers (``3``, ``[3]``), candidate item ids and candidate titles are
-                       read in order; out-of-range numbers, ids that are not candidates and
-                       titles of history items (hallucinations) and repeats are dropped and
-                       counted. Per user the answer is `full` (all `llm_rank_k` picks, nothing
-                       dropped), `partial` (some picks) or `unusable` (none: kNN order kept).
-    final list = the LLM's valid picks, then the remaining candidates in kNN order, then the kNN
-    ranking beyond the candidates, so the list is never shorter than k.
+Tools (plain functions over the split and the history the runner passes; `Tools`):
 
-Simplified from the paper: no Thought/Action loop and no self-inspiring multi-path planning
-(the plan above is fixed), no web-search or summarisation tool, one LLM call per user.
-Why the LLM only picks the top `llm_rank_k` (default 20) instead of ordering all candidates:
-ordering 100-200 items needs hundreds of generated tokens per user, which a 135M model on a
-CPU can neither afford nor do reliably; the top of the list is what the metrics weigh most.
+    history[]              the user's last `history_len` known items, oldest first
+    retrieve[n]            the user's n best unseen items by item-kNN (`baselines.itemknn`, `knn_k`
+                           neighbours per item; n <= `n_candidates`), cut by `bench.runner.top_k`:
+                           the harness's own history mask and ranking rule
+    item_info[#k]          the item's facts: title, brand, categories, description, how many train
+                           users have it, its mean train rating, two train review summaries
+    similar_items[#k, n]   the item's n nearest item-kNN neighbours the user has not seen
+    search[words]          unseen items whose title, brand or categories contain the words
+    finish[#a, #b, ...]    the answer: items, best first (`llm_rank_k` asked for)
 
-Users the LLM does not see (reported in `extra_result`): users with no history, and, when
-`max_users` > 0 (smoke runs), every user after the first `max_users` distinct users this model
-is asked to rank. The runner scores test first, users in index order, so the LLM sees the
-lowest-indexed test users, then the same users again when valid is scored; all others get the
-kNN order unchanged.
+Items are named in observations as ``#k Title`` with numbers local to the user's episode; an
+answer may cite them by ``#k``, by ``k`` or by item id. Titles are not parsed.
 
-The LLM answers are cached in SQLite (`bench.llm`), by default in ``<workspace>/work/llm_cache.sqlite``:
-the runner's workdir is ``<workspace>/work/<preset>/<dataset>/<split>/<model>/seed<N>``, so the
-file survives reruns (``--overwrite`` included) and is shared by every job, preset and seed;
-the key holds the model, the prompt and the decoding settings, so sharing is safe. Each
-rank call's raw answers and parse outcomes go to ``<workdir>/recmind_llm_outputs.jsonl``.
+Self-Inspiring (the paper's planning, Section 3.3): at every step the prompt holds all states
+explored so far for the user, failed and repeated attempts included, under "Explored so far",
+and asks the next step to build on them; a call that repeats an explored one is not run again
+(its observation points back to the step). The paper's SI also branches from earlier states; a
+new branch here is simply the next action, with all explored branches in view.
+
+Parsing (`parse_action`): the text after the model's first ``Observation:`` (an invented one) is
+ignored; the first ``tool[...]`` or ``tool(...)`` after ``Action:`` (else anywhere) is the action.
+An action that cannot be read, names no known tool, cites no known item, or finishes with no
+usable item is *invalid*: counted, answered with an observation saying why, and the loop goes on.
+An agent that has not finished after `max_steps` (the last prompt asks for finish) keeps the
+retriever's order. The final list: the agent's picks (unseen items, distinct, in its order), then
+the retriever's order for everything it did not rank, `max(k, n_candidates)` long.
+
+Batching and cost: step t of every running user of a rank call goes through the LLM together
+(`batch_size` prompts per generation batch and per cache write). Per user the agent records its
+LLM calls, prompt and answer tokens (the local model's tokenizer, chat template included; an
+estimate of 4 characters per token for `openai:`), seconds (each batch's time shared equally by
+its prompts), invalid and repeated actions, tool calls and the final status: finished, max_steps,
+max_users (beyond `max_users`, retriever's order), no_history, no_candidates. One JSON line per user
+and rank call goes to ``<workdir>/recmind_agent.jsonl`` (the whole trajectory, raw answers included);
+the sums and the first agent's full last prompt go to the result's `model_info`. A progress bar
+counts LLM calls; its total shrinks when users finish early, so its ETA is an upper bound.
+
+Users through the agent: with `max_users` > 0, the first `max_users` distinct users this model is
+asked to rank. The runner scores test first, users in index order, so the agent sees the
+lowest-indexed test users, then the same users again when valid is scored.
+
+Resumption: the LLM answers are cached in SQLite (`bench.llm`), by default in
+``<workspace>/work/llm_cache.sqlite`` (shared by every job, preset and seed; the key holds the model,
+the prompt and the decoding settings), each batch's answers written before the next batch. Prompts
+depend only on the split, the config and earlier answers, so a rerun replays every user's loop
+from the cache and an interrupted run generates only the answers it did not store.
+
+Measured (am-instruments-2014, offline SmolLM2-135M, `cpu` settings, 8 users, 2-core CPU):
+see "SmolLM2 on real data" at the end of this docstring.
 """
 
 from __future__ import annotations
@@ -44,12 +62,13 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -61,27 +80,32 @@ from bench.models import Model, ModelConfig
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS_FILE = "recmind_llm_outputs.jsonl"
+OUTPUTS_FILE = "recmind_agent.jsonl"
 CACHE_FILE = "llm_cache.sqlite"
-STATUSES = ("full", "partial", "unusable")
+TOOLS = ("history", "retrieve", "item_info", "similar_items", "search", "finish")
+STATUSES = ("finished", "max_steps", "max_users", "no_history", "no_candidates")
+CHARS_PER_TOKEN = 4  # token estimate where the backend has no tokenizer here (openai:)
 
 
 @dataclass(frozen=True)
 class RecMindConfig(ModelConfig):
     llm: str = field(default="smollm2-135m", metadata={
         "help": "smollm2-135m (offline), local:/path/to/hf-model or openai:<model> (OPENAI_BASE_URL, OPENAI_API_KEY)"})
+    max_steps: int = field(default=6, metadata={
+        "help": "LLM calls (Thought/Action/Observation steps) per user at most; the last one asks for finish"})
     n_candidates: int = field(default=100, metadata={
-        "help": "item-kNN candidates shown to the LLM (paper setting 100-200)"})
-    history_len: int = field(default=20, metadata={"help": "most recent history items in the prompt"})
-    llm_rank_k: int = field(default=20, metadata={
-        "help": "candidates the LLM picks and orders; the rest keep kNN order"})
-    max_new_tokens: int = field(default=96, metadata={"help": "generation budget per user"})
+        "help": "most items retrieve[n] shows (paper setting 100-200); the fallback list is at least this long"})
+    history_len: int = field(default=20, metadata={"help": "most recent items history[] shows"})
+    llm_rank_k: int = field(default=20, metadata={"help": "items the prompt asks finish[...] to rank"})
+    observe_n: int = field(default=10, metadata={"help": "items similar_items[] and search[] show by default"})
+    max_new_tokens: int = field(default=160, metadata={"help": "generation budget per step"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy decoding"})
-    batch_size: int = field(default=4, metadata={"help": "prompts per generation batch (and per cache write)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generation batch (and per cache write)"})
     max_users: int = field(default=0, metadata={
-        "help": "0 = every user through the LLM; else only the first max_users users, the others get the kNN order"})
+        "help": "0 = every user through the agent; else only the first max_users users, the others get the "
+                "retriever's order"})
     knn_k: int = field(default=100, metadata={"help": "neighbours per item of the item-kNN retrieval tool"})
-    title_chars: int = field(default=80, metadata={"help": "titles longer than this are cut in the prompt"})
+    title_chars: int = field(default=80, metadata={"help": "titles longer than this are cut in observations"})
     device: str = field(default="auto", metadata={"help": "local LLM device: auto, cpu, cuda"})
     base_url: str = field(default="", metadata={
         "help": "openai backend base URL ('' = OPENAI_BASE_URL or api.openai.com)"})
@@ -89,113 +113,241 @@ class RecMindConfig(ModelConfig):
         "help": "LLM answer cache (SQLite); '' = <workspace>/work/llm_cache.sqlite, 'off' = no cache"})
 
 
-# --------------------------------------------------------------------------- prompt and parsing
-
-def build_prompt(history: Sequence[str], candidates: Sequence[str], n_pick: int) -> str:
-    """The planner prompt: the plan, both tools' observations, the answer format."""
-    hist = "\n".join(f"- {t}" for t in history)
-    cands = "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(candidates))
-    return (
-        "You are RecMind, a recommendation agent. Plan: (1) read the user's purchases, (2) look at the candidate "
-        "products found by the item-similarity tool, (3) pick the candidates the user is most likely to buy next.\n\n"
-        f"The user's purchases, oldest first:\n{hist}\n\n"
-        f"Candidate products:\n{cands}\n\n"
-        f"Answer with the numbers of the {n_pick} best candidates, best first, separated by commas. Numbers only."
-    )
-
+# --------------------------------------------------------------------------- parsing an answer
 
 @dataclass
-class Parsed:
-    picks: list[int]  # 0-based candidate positions, best first, distinct, at most n_pick
-    hallucinated: int = 0  # numbers out of range, item ids that are not candidates
-    repeated: int = 0  # references to a candidate already picked
-    extra: int = 0  # valid new candidates after n_pick were reached (ignored, not an error)
-    status: str = "unusable"  # full | partial | unusable
+class Action:
+    name: str | None  # one of TOOLS, None when no action could be read
+    args: str = ""
+    thought: str = ""
+    error: str = ""  # why no action was read
 
 
-_BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
-_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|#?\d+\s*[.):])\s+(?=\S)")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
-_ID_LIKE = re.compile(r"[A-Z0-9]{8,}")  # an ASIN-like token (B00H8P1GZL) that is not a candidate
 _SPACES = re.compile(r"\s+")
+_INVENTED = re.compile(r"(?i)\bobservation\s*:")
+_THOUGHT = re.compile(r"(?is)\bthought\s*:\s*(.*?)(?=\baction\s*:|$)")
+_ACTION_MARK = re.compile(r"(?i)\baction\s*:")
+_TOOL_NAME = r"(history|retrieve|item[ _]?info|similar[ _]?items|search|finish)"
+_CALL = re.compile(rf"(?i)\b{_TOOL_NAME}\s*[\[(]([^\])\n]*)")
+_BARE = re.compile(rf"(?i)\s*\**\s*{_TOOL_NAME}\b(.*)")
+_REF = re.compile(r"#?\s*([A-Za-z0-9][A-Za-z0-9_\-]*)")
 
 
-def _norm(text: str) -> str:
-    return _SPACES.sub(" ", text).strip().lower()
+def parse_action(text: str) -> Action:
+    """The first action of an answer (see the module docstring); never raises."""
+    body = _INVENTED.split(text, maxsplit=1)[0]
+    thought_match = _THOUGHT.search(body)
+    thought = _SPACES.sub(" ", thought_match.group(1)).strip() if thought_match else ""
+    mark = _ACTION_MARK.search(body)
+    region = body[mark.end():] if mark else body
+    call = _CALL.search(region)
+    if call is None and mark:
+        call = _BARE.match(region.split("\n", 1)[0])  # "Action: history" without brackets
+    if call is None:
+        return Action(None, thought=thought or _SPACES.sub(" ", body).strip(),
+                      error="no action found" if not mark else "the action names no tool")
+    name = re.sub(r"[ _]", "", call.group(1).lower())
+    name = {"iteminfo": "item_info", "similaritems": "similar_items"}.get(name, name)
+    args = call.group(2).strip().strip("[]()").strip()
+    return Action(name, args, thought)
 
 
-def parse_ranking(text: str, n_candidates: int, n_pick: int, candidate_ids: Sequence[str] = (),
-                  candidate_titles: Sequence[str] = (), other_titles: Sequence[str] = ()) -> Parsed:
-    """Read the LLM's ranking of candidates 1..n_candidates from free text.
-
-    When the answer uses the prompt's ``[n]`` labels anywhere, only those are read. Otherwise,
-    line by line, after a list marker (``1.``, ``2)``, ``3:``, ``-``): candidate titles (longest first),
-    then number tokens (1-based candidate numbers) and candidate item ids, in reading order.
-    Words are ignored; numbers out of range, ASIN-like ids that are not candidates and
-    `other_titles` (items named that are not candidates, e.g. the user's history) count as
-    hallucinated; repeats are counted and dropped.
-    status: full = `min(n_pick, n_candidates)` distinct picks and nothing dropped; partial =
-    at least one pick; unusable = none.
-    """
-    refs: list[int] = []  # candidate positions; -1 = hallucinated
-    bracketed = _BRACKETED.findall(text)
-    if bracketed:
-        refs = [int(n) - 1 if 1 <= int(n) <= n_candidates else -1 for n in bracketed]
-    else:
-        id_pos = {str(c): i for i, c in enumerate(candidate_ids)}
-        named = [(_norm(t), i) for i, t in enumerate(candidate_titles)]
-        named += [(_norm(t), -1) for t in other_titles if _norm(t) not in {n for n, _ in named}]
-        titles = sorted(((t, i) for t, i in named if len(t) >= 8), key=lambda x: -len(x[0]))  # longest first
-        for raw in text.splitlines():
-            original = _SPACES.sub(" ", _LIST_MARKER.sub("", raw, count=1)).strip()  # ids are case-sensitive
-            line = original.lower()
-            if len(line) != len(original):  # lower() changed a length (outside ASCII): keep offsets aligned
-                line = original
-            found: list[tuple[int, int]] = []  # (offset in line, candidate position)
-            for title, pos in titles:
-                at = line.find(title)
-                while at >= 0:
-                    found.append((at, pos))
-                    line = line[:at] + " " * len(title) + line[at + len(title):]  # blanked: read once
-                    at = line.find(title)
-            for match in _TOKEN.finditer(original):
-                if not line[match.start():match.end()].strip():
-                    continue  # inside a matched title
-                tok = match.group()
-                if tok in id_pos and not (tok.isdigit() and 1 <= int(tok) <= n_candidates):
-                    found.append((match.start(), id_pos[tok]))
-                elif tok.isdigit():
-                    found.append((match.start(), int(tok) - 1 if 1 <= int(tok) <= n_candidates else -1))
-                elif _ID_LIKE.fullmatch(tok) and any(ch.isdigit() for ch in tok):
-                    found.append((match.start(), -1))
-            refs.extend(pos for _, pos in sorted(found))
-    out = Parsed(picks=[])
-    seen: set[int] = set()
-    for pos in refs:
-        if pos < 0:
-            out.hallucinated += 1
-        elif pos in seen:
-            out.repeated += 1
-        elif len(out.picks) >= n_pick:
-            out.extra += 1
-        else:
-            out.picks.append(pos)
-            seen.add(pos)
-    target = min(n_pick, n_candidates)
-    if not out.picks:
-        out.status = "unusable"
-    elif len(out.picks) == target and not out.hallucinated and not out.repeated:
-        out.status = "full"
-    else:
-        out.status = "partial"
-    return out
+def item_refs(args: str) -> list[str]:
+    """The item references of an argument list: ``#3, 7, B00ABC`` -> ["3", "7", "B00ABC"]."""
+    return [m.group(1) for m in _REF.finditer(args)]
 
 
-def complete_ranking(candidates: np.ndarray, picks: Sequence[int]) -> np.ndarray:
-    """The LLM's picks (positions into `candidates`), then the other candidates in their order."""
-    picked = np.zeros(len(candidates), dtype=bool)
-    picked[list(picks)] = True
-    return np.concatenate([candidates[list(picks)], candidates[~picked]]).astype(np.int64)
+def first_int(text: str) -> int | None:
+    match = re.search(r"\d+", text)
+    return int(match.group()) if match else None
+
+
+# --------------------------------------------------------------------------- the tools
+
+class Tools:
+    """The agent's tools as plain functions over a split (items, train interactions, reviews) and
+    the item-kNN retriever. The user's side (known items) is passed in, as the runner passes it."""
+
+    def __init__(self, split, knn: ItemKNN, title_chars: int):
+        self.split = split
+        self.knn = knn
+        self.title_chars = title_chars
+        items = split.items.fillna("")
+        self.names = [self._name(t, i) for i, t in zip(split.item_ids, items["title"])]
+        train_items = split.train["item"].to_numpy()
+        self.n_buyers = np.bincount(train_items, minlength=split.n_items)
+        self.by_popularity = np.lexsort((np.arange(split.n_items), -self.n_buyers))  # search's tie order
+        self.brand = [_clean(b) for b in items["brand"]]
+        self.categories = [" > ".join(c for c in re.split(r"[|]", _clean(cat)) if c) for cat in items["categories"]]
+        self.description = [_clean(d) for d in items["description"]]
+        self._words = self._word_matrix()
+        self._summaries: dict[int, list[str]] | None = None
+
+    def _name(self, title: str, item_id: str) -> str:
+        title = _clean(title)
+        if not title:
+            return f"item {item_id}"
+        cut = self.title_chars
+        return title if len(title) <= cut else title[:cut - 3].rstrip() + "..."
+
+    def _word_matrix(self) -> tuple[dict[str, int], sp.csr_matrix]:
+        """(vocabulary, (n_items, n_words) binary matrix) of title, brand and category words."""
+        vocab: dict[str, int] = {}
+        rows, cols = [], []
+        for i, text in enumerate(zip(self.split.items["title"].fillna(""), self.brand, self.categories)):
+            for word in set(_words(_clean(" ".join(map(str, text))))):
+                rows.append(i)
+                cols.append(vocab.setdefault(word, len(vocab)))
+        matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                               shape=(self.split.n_items, max(len(vocab), 1)))
+        return vocab, matrix
+
+    # ---- the user's side
+    def retrieve(self, history: sp.csr_matrix, n: int) -> np.ndarray:
+        """(n_rows, n) item-kNN ranking of each history row's unseen items, best first, -1 padded."""
+        from bench.runner import top_k
+
+        # ItemKNN scores from the history rows alone (history @ similarity), so the rows can stand
+        # for the users: the harness's own masking and ranking rule (ties: lower item index).
+        rows = np.arange(history.shape[0])
+        return top_k(self.knn, rows, history, n)
+
+    def history(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> list[list[int]]:
+        """Each user's `n` most recent known items (the rows of `history`), oldest first."""
+        # numpy only, despite the module name
+        from bench.torch_utils import padded_histories
+
+        seqs = padded_histories(self.split, users, history, n)
+        return [[int(i) for i in row if i >= 0] for row in seqs]
+
+    # ---- item facts
+    def item_info(self, item: int) -> str:
+        """The item's facts in one line (its name first)."""
+        parts = [self.names[item], f"id {self.split.item_ids[item]}"]
+        if self.brand[item]:
+            parts.append(f"brand: {self.brand[item]}")
+        if self.categories[item]:
+            parts.append(f"categories: {self.categories[item]}")
+        if self.description[item]:
+            parts.append(f"description: {_cut(self.description[item], 160)}")
+        rating = float(self.split.item_mean_rating[item])
+        parts.append(f"bought by {int(self.n_buyers[item])} users" + (f", mean rating {rating:.1f}" if rating else ""))
+        summaries = self.review_summaries().get(item, [])
+        if summaries:
+            parts.append("reviews: " + "; ".join(f'"{s}"' for s in summaries))
+        return ". ".join(p.rstrip(".") for p in parts)
+
+    def review_summaries(self) -> dict[int, list[str]]:
+        """Up to two train review summaries per item (read once; never valid or test text)."""
+        if self._summaries is None:
+            reviews = self.split.reviews
+            reviews = reviews[reviews["summary"].astype(str).str.strip() != ""]
+            self._summaries = {int(i): [_cut(_clean(s), 60) for s in g["summary"].head(2)]
+                               for i, g in reviews.groupby("item", sort=False)}
+        return self._summaries
+
+    def similar_items(self, item: int, n: int, exclude: Sequence[int] = ()) -> list[int]:
+        """The `n` items most similar to `item` by item-kNN, without `item` and `exclude`."""
+        scores = self.knn.sim[item].toarray().astype(np.float64)  # (1, n_items): what `item` adds to each
+        return self._best(scores, n, [item, *exclude])
+
+    def search(self, query: str, n: int, exclude: Sequence[int] = ()) -> list[int]:
+        """Items whose title, brand or category words contain the most words of `query`;
+        ties: more train buyers first."""
+        vocab, matrix = self._words
+        cols = sorted({vocab[w] for w in _words(query) if w in vocab})
+        if not cols:
+            return []
+        scores = np.asarray(matrix[:, cols].sum(axis=1), dtype=np.float64).T  # (1, n_items)
+        return self._best(scores, n, exclude, tie_order=self.by_popularity)
+
+    @staticmethod
+    def _best(scores: np.ndarray, n: int, exclude: Sequence[int], tie_order: np.ndarray | None = None) -> list[int]:
+        from bench.ranking import top_k_indices
+
+        scores[0, list(exclude)] = 0.0
+        best = top_k_indices(scores, n, tie_order)[0]
+        return [int(i) for i in best if scores[0, i] > 0]
+
+
+def _clean(text) -> str:
+    return _SPACES.sub(" ", html.unescape(str(text or ""))).strip()
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 3].rstrip() + "..."
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 1]
+
+
+# --------------------------------------------------------------------------- one user's episode
+
+@dataclass
+class Episode:
+    """One user's agent run inside one rank call."""
+
+    row: int  # row in the rank call
+    user_id: str
+    recent: list[int]  # history[] items, oldest first
+    seen: set[int]  # every known item (never recommended)
+    candidates: np.ndarray  # the retriever's order, -1 removed (the fallback)
+    status: str = "running"
+    steps: list[dict] = field(default_factory=list)
+    picks: list[int] = field(default_factory=list)
+    labels: dict[int, int] = field(default_factory=dict)  # #k -> item
+    label_of: dict[int, int] = field(default_factory=dict)  # item -> #k
+    explored: dict[tuple, int] = field(default_factory=dict)  # canonical call -> its step
+    cost: Counter = field(default_factory=Counter)
+    tools: Counter = field(default_factory=Counter)
+
+    def label(self, item: int) -> str:
+        """``#k``, giving `item` the next number the first time it is shown."""
+        if item not in self.label_of:
+            self.label_of[item] = len(self.label_of) + 1
+            self.labels[self.label_of[item]] = item
+        return f"#{self.label_of[item]}"
+
+    def name(self, item: int, names: Sequence[str]) -> str:
+        return f"{self.label(item)} {names[item]}"
+
+    def resolve(self, ref: str, item_index: dict[str, int]) -> int | None:
+        """The item a reference names: a shown number first, then an item id."""
+        if ref.isdigit() and int(ref) in self.labels:
+            return self.labels[int(ref)]
+        return item_index.get(ref)
+
+
+# --------------------------------------------------------------------------- the prompt
+
+_TOOL_HELP = (
+    "history[] - the user's purchases, oldest first\n"
+    "retrieve[n] - the n products most similar to the user's purchases, best first\n"
+    "item_info[#k] - facts and reviews of product #k\n"
+    "similar_items[#k] - products similar to product #k\n"
+    "search[words] - products whose title or category contains the words\n"
+    "finish[#a, #b, ...] - your final answer: the {n_rank} products the user will most likely buy next, best first"
+)
+
+
+def build_prompt(steps: Sequence[dict], step: int, max_steps: int, n_rank: int) -> str:
+    """The prompt of step `step` (1-based): task, tools, every explored step, answer format."""
+    explored = "\n\n".join(
+        f"Step {s['step']}.\nThought: {_cut(s['thought'], 160) or '-'}\nAction: {s['action']}\n"
+        f"Observation: {s['observation']}" for s in steps) or "(nothing yet)"
+    last = step >= max_steps
+    return (
+        "You are RecMind, a recommendation agent. Find the products this user will buy next. Work in steps: "
+        "each step writes one Thought and one Action, then gets an Observation. Name products by their # "
+        f"numbers. You have {max_steps} steps.\n\n"
+        f"Tools:\n{_TOOL_HELP.format(n_rank=n_rank)}\n\n"
+        "Explored so far (every earlier step, failed ones included; build on them, do not repeat them):\n"
+        f"{explored}\n\n"
+        f"Step {step} of {max_steps}."
+        + (" This is the last step: answer with finish[...] now." if last else "")
+        + "\nAnswer with two lines:\nThought: <your reasoning>\nAction: <tool>[<arguments>]"
+    )
 
 
 # --------------------------------------------------------------------------- the model
@@ -206,7 +358,8 @@ class RecMind(Model):
     def fit(self, split, config: RecMindConfig, workdir: Path) -> None:
         from bench.llm import make_llm
 
-        for name in ("n_candidates", "history_len", "llm_rank_k", "max_new_tokens", "batch_size", "knn_k"):
+        for name in ("max_steps", "n_candidates", "history_len", "llm_rank_k", "observe_n", "max_new_tokens",
+                     "batch_size", "knn_k"):
             if getattr(config, name) < 1:
                 raise ConfigError(f"recmind.{name} must be >= 1, not {getattr(config, name)}")
         if config.max_users < 0:
@@ -216,57 +369,25 @@ class RecMind(Model):
         self.workdir = Path(workdir)
         self.knn = ItemKNN()
         self.knn.fit(split, ItemKNNConfig(k=config.knn_k), workdir)
-        counts = np.bincount(split.train["item"].to_numpy(), minlength=split.n_items)
-        by_popularity = np.lexsort((np.arange(split.n_items), -counts))
-        self.pop_rank = np.empty(split.n_items, dtype=np.int64)
-        self.pop_rank[by_popularity] = np.arange(split.n_items)
-        self.titles = [self._title(t, i) for i, t in zip(split.item_ids, split.items["title"].fillna(""))]
+        self.tools = Tools(split, self.knn, config.title_chars)
+        self.item_index = {str(i): n for n, i in enumerate(split.item_ids)}
         self.cache_path = resolve_cache_path(config.cache_path, self.workdir)
         self.llm = make_llm(config.llm, cache_path=self.cache_path, device=config.device,
                             batch_size=config.batch_size, base_url=config.base_url or None)
-        self._llm_users: dict[int, None] = {}  # ordered set of users allowed through the LLM
+        self._agent_users: dict[int, None] = {}  # ordered set of users allowed through the agent
         self.counts: Counter = Counter()
+        self.tool_counts: Counter = Counter()
         self.per_call: list[dict] = []
         self.records: list[dict] = []
         self.example: dict | None = None
-        self.llm_seconds = 0.0
+        self.token_counts = "tokenizer"
 
-    def _title(self, title: str, item_id: str) -> str:
-        title = _SPACES.sub(" ", html.unescape(str(title))).strip()
-        if not title:
-            return f"item {item_id}"
-        cut = self.config.title_chars
-        return title if len(title) <= cut else title[:cut - 3].rstrip() + "..."
-
-    # ---- tools
-    def retrieve(self, users: np.ndarray, history: sp.csr_matrix, width: int) -> np.ndarray:
-        """(len(users), width) item-kNN ranking of unseen items, best first, -1 padded."""
-        scores = np.asarray(self.knn.score(users, history), dtype=np.float64)
-        rows, cols = history.nonzero()
-        scores[rows, cols] = -np.inf
-        n = scores.shape[1]
-        width = min(width, n)
-        out = np.full((len(users), width), -1, dtype=np.int64)
-        for r in range(len(users)):
-            s = scores[r]
-            idx = np.flatnonzero(s >= np.partition(s, n - width)[n - width]) if width < n else np.arange(n)
-            idx = idx[np.lexsort((self.pop_rank[idx], -s[idx]))][:width]
-            idx = idx[np.isfinite(s[idx])]
-            out[r, :len(idx)] = idx
-        return out
-
-    def recent_history(self, users: np.ndarray, history: sp.csr_matrix) -> list[list[int]]:
-        from bench.torch_utils import padded_histories  # numpy only, despite the module name
-
-        seqs = padded_histories(self.split, users, history, self.config.history_len)
-        return [[int(i) for i in row if i >= 0] for row in seqs]
-
-    def _llm_allowed(self, user: int) -> bool:
+    def _agent_allowed(self, user: int) -> bool:
         limit = self.config.max_users
-        if not limit or user in self._llm_users:
+        if not limit or user in self._agent_users:
             return True
-        if len(self._llm_users) < limit:
-            self._llm_users[user] = None
+        if len(self._agent_users) < limit:
+            self._agent_users[user] = None
             return True
         return False
 
@@ -276,98 +397,232 @@ class RecMind(Model):
         cfg = self.config
         users = np.asarray(users, dtype=np.int64)
         history = sp.csr_matrix(history)
-        order = self.retrieve(users, history, max(k, cfg.n_candidates))
+        order = self.tools.retrieve(history, max(k, cfg.n_candidates))
         n_hist = np.diff(history.indptr)
-        call = Counter(users=len(users))
-        llm_rows = []
+        statuses: dict[int, str] = {}
+        rows = []
         for r, user in enumerate(users):
             if n_hist[r] == 0:
-                call["users_no_history"] += 1
-            elif not (order[r, 0] >= 0):
-                call["users_no_candidates"] += 1
-            elif not self._llm_allowed(int(user)):
-                call["users_knn_only_max_users"] += 1
+                statuses[r] = "no_history"
+            elif order[r, 0] < 0:
+                statuses[r] = "no_candidates"
+            elif not self._agent_allowed(int(user)):
+                statuses[r] = "max_users"
             else:
-                llm_rows.append(r)
-        llm_rows = np.asarray(llm_rows, dtype=np.int64)
-        recent = self.recent_history(users[llm_rows], history[llm_rows]) if len(llm_rows) else []
-        prompts, cands = [], []
-        for r, hist_items in zip(llm_rows, recent):
-            cand = order[r, :cfg.n_candidates]
-            cand = cand[cand >= 0]
-            cands.append(cand)
-            prompts.append(build_prompt([self.titles[i] for i in hist_items], [self.titles[i] for i in cand],
-                                        min(cfg.llm_rank_k, len(cand))))
-        texts = self._generate(prompts)
-        for r, hist_items, cand, prompt, text in zip(llm_rows, recent, cands, prompts, texts):
-            parsed = parse_ranking(text, len(cand), min(cfg.llm_rank_k, len(cand)),
-                                   candidate_ids=self.split.item_ids[cand],
-                                   candidate_titles=[self.titles[i] for i in cand],
-                                   other_titles=[self.titles[i] for i in hist_items])
-            order[r, :len(cand)] = complete_ranking(cand, parsed.picks)
-            call["users_llm"] += 1
-            call[f"parse_{parsed.status}"] += 1
-            call["items_hallucinated"] += parsed.hallucinated
-            call["items_repeated"] += parsed.repeated
-            call["items_extra"] += parsed.extra
-            call["items_picked"] += len(parsed.picks)
-            call["picks_equal_knn_order"] += int(bool(parsed.picks) and parsed.picks == list(range(len(parsed.picks))))
-            self.records.append({"call": len(self.per_call), "user_id": str(self.split.user_ids[users[r]]),
-                                 "status": parsed.status,
-                                 "picks": [str(self.split.item_ids[cand[p]]) for p in parsed.picks],
-                                 "hallucinated": parsed.hallucinated, "repeated": parsed.repeated, "output": text})
-            if self.example is None:
-                self.example = {"prompt": prompt, "output": text, "status": parsed.status}
-        self.per_call.append(dict(call))
+                rows.append(r)
+        recent = self.tools.history(users[rows], history[rows], cfg.history_len) if rows else []
+        episodes = [Episode(row=r, user_id=str(self.split.user_ids[users[r]]), recent=hist,
+                            seen=set(history[r].indices.tolist()), candidates=order[r][order[r] >= 0])
+                    for r, hist in zip(rows, recent)]
+        t0 = time.perf_counter()
+        self.run_agent(episodes)
+        call = Counter(users=len(users), users_agent=len(episodes), seconds=time.perf_counter() - t0)
+        call.update(f"status_{s}" for s in statuses.values())
+        for ep in episodes:
+            order[ep.row] = final_ranking(order[ep.row], ep.picks)
+            call[f"status_{ep.status}"] += 1
+            call.update(ep.cost)
+            self.tool_counts.update(ep.tools)
+        self.records += [self._record(ep) for ep in episodes]
+        self.records += [{"call": len(self.per_call), "user_id": str(self.split.user_ids[users[r]]), "status": s,
+                          "llm_calls": 0} for r, s in statuses.items()]
+        self.per_call.append({key: (round(v, 3) if isinstance(v, float) else v) for key, v in call.items()})
         self.counts.update(call)
-        if len(llm_rows):
-            write_text_atomic(self.workdir / OUTPUTS_FILE, "".join(json.dumps(r) + "\n" for r in self.records))
+        write_text_atomic(self.workdir / OUTPUTS_FILE, "".join(json.dumps(r) + "\n" for r in self.records))
         return order
 
-    def _generate(self, prompts: list[str]) -> list[str]:
-        if not prompts:
-            return []
-        from bench.llm import generate_with_progress
+    def _record(self, ep: Episode) -> dict:
+        return {"call": len(self.per_call), "user_id": ep.user_id, "status": ep.status,
+                "picks": [str(self.split.item_ids[i]) for i in ep.picks],
+                "llm_calls": ep.cost["llm_calls"], "prompt_tokens": ep.cost["prompt_tokens"],
+                "answer_tokens": ep.cost["answer_tokens"], "seconds": round(ep.cost["seconds"], 3),
+                "invalid_actions": ep.cost["invalid_actions"], "repeated_actions": ep.cost["repeated_actions"],
+                "tools": dict(ep.tools), "steps": ep.steps}
+
+    # ---- the loop
+    def run_agent(self, episodes: list[Episode]) -> None:
+        """Step t of every running episode through the LLM together, until each finishes or
+        has used `max_steps` calls."""
+        from bench import progress
 
         cfg = self.config
-        t0 = time.perf_counter()
-        texts = generate_with_progress(self.llm, prompts, desc="recmind llm", max_new_tokens=cfg.max_new_tokens,
-                                       temperature=cfg.temperature, seed=cfg.seed, chunk_size=cfg.batch_size)
-        self.llm_seconds += time.perf_counter() - t0
-        return texts
+        active = list(episodes)
+        with progress.bar(total=len(active) * cfg.max_steps, desc="recmind agent", unit="call",
+                          disable=not active) as bar:
+            for step in range(1, cfg.max_steps + 1):
+                if not active:
+                    break
+                prompts = [build_prompt(ep.steps, step, cfg.max_steps, cfg.llm_rank_k) for ep in active]
+                answers, seconds = self._generate(prompts, bar)
+                prompt_tokens = self._count_tokens(prompts, as_prompt=True)
+                answer_tokens = self._count_tokens(answers)
+                for i, ep in enumerate(active):
+                    ep.cost.update(llm_calls=1, prompt_tokens=prompt_tokens[i], answer_tokens=answer_tokens[i],
+                                   seconds=seconds[i])
+                    self.act(ep, answers[i], step)
+                    if self.example is None and (ep.status != "running" or step == cfg.max_steps):
+                        self.example = {"user_id": ep.user_id, "last_prompt": prompts[i], "answer": answers[i],
+                                        "status": ep.status if ep.status != "running" else "max_steps"}
+                running = [ep for ep in active if ep.status == "running"]
+                bar.total -= (len(active) - len(running)) * (cfg.max_steps - step)  # finished early
+                bar.set_postfix(step=step, finished=sum(ep.status == "finished" for ep in episodes), refresh=False)
+                bar.refresh()
+                active = running
+        for ep in active:
+            ep.status = "max_steps"
+
+    def _generate(self, prompts: list[str], bar) -> tuple[list[str], list[float]]:
+        """Answers and seconds per prompt (each batch's time shared by its prompts)."""
+        cfg = self.config
+        answers: list[str] = []
+        seconds: list[float] = []
+        for start in range(0, len(prompts), cfg.batch_size):
+            part = prompts[start:start + cfg.batch_size]
+            t0 = time.perf_counter()
+            answers += self.llm.generate(part, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                         seed=cfg.seed)
+            seconds += [(time.perf_counter() - t0) / len(part)] * len(part)
+            bar.update(len(part))
+        return answers, seconds
+
+    def _count_tokens(self, texts: list[str], as_prompt: bool = False) -> list[int]:
+        counter = getattr(self.llm, "count_tokens", None)
+        counts = counter(texts, as_prompt=as_prompt) if counter is not None else None
+        if counts is None:
+            self.token_counts = f"estimated ({CHARS_PER_TOKEN} characters per token)"
+            return [math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts]
+        return list(counts)
+
+    def act(self, ep: Episode, answer: str, step: int) -> None:
+        """Read the answer's action, run its tool and record the step."""
+        action = parse_action(answer)
+        record = {"step": step, "thought": action.thought, "answer": answer}
+        if action.name is None:
+            return self._invalid(ep, record, _cut(_SPACES.sub(" ", answer), 60) or "(empty)", action.error)
+        ep.tools[action.name] += 1
+        shown = f"{action.name}[{action.args}]"
+        if action.name == "finish":
+            return self._finish(ep, record, shown, action.args)
+        key, observation, error = self._run_tool(ep, action)
+        if error:
+            return self._invalid(ep, record, shown, error)
+        outcome = "ok"
+        if key in ep.explored:  # self-inspiring: an explored state is pointed to, not explored again
+            outcome = "repeated"
+            ep.cost["repeated_actions"] += 1
+            observation = (f"already explored at step {ep.explored[key]} (see above); choose another action "
+                           "or finish")
+        else:
+            ep.explored[key] = step
+        ep.steps.append({**record, "action": shown, "outcome": outcome, "observation": observation})
+
+    def _invalid(self, ep: Episode, record: dict, shown: str, why: str) -> None:
+        ep.cost["invalid_actions"] += 1
+        ep.steps.append({**record, "action": shown, "outcome": "invalid",
+                         "observation": f"invalid action ({why}). Write: Action: <tool>[<arguments>] with a tool "
+                                        f"from the list."})
+
+    def _finish(self, ep: Episode, record: dict, shown: str, args: str) -> None:
+        picks: list[int] = []
+        dropped = Counter()
+        for ref in item_refs(args):
+            item = ep.resolve(ref, self.item_index)
+            if item is None:
+                dropped["unknown"] += 1
+            elif item in ep.seen:
+                dropped["already_bought"] += 1
+            elif item in picks:
+                dropped["repeated"] += 1
+            else:
+                picks.append(item)
+        ep.cost.update({f"finish_dropped_{why}": n for why, n in dropped.items()})
+        if not picks:
+            return self._invalid(ep, record, shown, "finish names no product shown above that the user has not "
+                                                    "bought")
+        ep.picks, ep.status = picks, "finished"
+        ep.cost["picked_items"] += len(picks)
+        candidates = set(ep.candidates[:self.config.n_candidates].tolist())
+        ep.cost["picked_outside_candidates"] += sum(i not in candidates for i in picks)
+        ep.steps.append({**record, "action": shown, "outcome": "finish",
+                         "observation": f"ranking of {len(picks)} products accepted"
+                                        + (f" ({sum(dropped.values())} references dropped)" if dropped else "")})
+
+    def _run_tool(self, ep: Episode, action: Action) -> tuple[tuple, str, str]:
+        """(canonical call, observation, error) of a non-finish action."""
+        cfg, names = self.config, self.tools.names
+
+        def listing(items) -> str:
+            return "\n" + "\n".join(ep.name(i, names) for i in items)
+
+        if action.name == "history":
+            return ("history",), "the user's purchases, oldest first:" + listing(ep.recent), ""
+        if action.name == "retrieve":
+            n = min(first_int(action.args) or cfg.n_candidates, cfg.n_candidates)
+            return ("retrieve", n), f"the {n} best candidates by item similarity:" + listing(ep.candidates[:n]), ""
+        if action.name == "search":
+            query = _SPACES.sub(" ", action.args).strip().strip("'\"")
+            if not _words(query):
+                return (), "", "search needs words, e.g. search[guitar strings]"
+            found = self.tools.search(query, cfg.observe_n, sorted(ep.seen))
+            return (("search", query.lower()),
+                    f"products matching '{query}':" + listing(found) if found else f"no product matches '{query}'",
+                    "")
+        refs = item_refs(action.args)
+        item = ep.resolve(refs[0], self.item_index) if refs else None
+        if item is None:
+            return (), "", f"{action.name} needs a product number shown above, e.g. {action.name}[#1]"
+        if action.name == "item_info":
+            return ("item_info", item), f"{ep.label(item)} {self.tools.item_info(item)}", ""
+        n = min(first_int(" ".join(refs[1:])) or cfg.observe_n, cfg.n_candidates)
+        found = self.tools.similar_items(item, n, sorted(ep.seen))
+        head = ep.label(item)
+        return (("similar_items", item, n), f"products similar to {head}:" + listing(found) if found
+                else f"no product similar to {head} that the user has not bought", "")
 
     def extra_result(self) -> dict:
         c = self.counts
-        n_llm = c["users_llm"]
+        n_agent = c["users_agent"]
         stats = self.llm.stats()
-        generated = stats.get("cache_misses", n_llm)
         return {
             "llm": self.config.llm,
             "llm_backend": self.llm.name,
-            "method": (f"item-kNN retrieves {self.config.n_candidates} candidates; the LLM picks and orders its top "
-                       f"{self.config.llm_rank_k}; the other candidates keep kNN order"),
+            "method": (f"ReAct-style agent with self-inspiring planning: at most {self.config.max_steps} "
+                       f"Thought/Action/Observation steps per user over the tools {', '.join(TOOLS)}; "
+                       "unranked items keep the item-kNN retriever's order"),
             "counts_cover": "every rank call: test, then valid",
             "users_ranked": c["users"],
-            "users_llm": n_llm,
-            "users_knn_only_max_users": c["users_knn_only_max_users"],
-            "users_no_history": c["users_no_history"],
-            "users_no_candidates": c["users_no_candidates"],
+            "users_agent": n_agent,
             "max_users": self.config.max_users,
-            "parse": {s: c[f"parse_{s}"] for s in STATUSES},
-            "items_hallucinated": c["items_hallucinated"],
-            "items_repeated": c["items_repeated"],
-            "items_extra": c["items_extra"],
-            "items_picked": c["items_picked"],
-            "picks_equal_knn_order": c["picks_equal_knn_order"],
+            "status": {s: c[f"status_{s}"] for s in STATUSES},
+            "llm_calls": c["llm_calls"],
+            "llm_calls_per_agent_user": round(c["llm_calls"] / n_agent, 3) if n_agent else None,
+            "prompt_tokens": c["prompt_tokens"],
+            "answer_tokens": c["answer_tokens"],
+            "token_counts": self.token_counts,
+            "agent_seconds": round(c["seconds"], 3),
+            "seconds_per_agent_user": round(c["seconds"] / n_agent, 3) if n_agent else None,
+            "invalid_actions": c["invalid_actions"],
+            "repeated_actions": c["repeated_actions"],
+            "tool_calls": {t: self.tool_counts[t] for t in TOOLS},
+            "picked_items": c["picked_items"],
+            "picked_outside_candidates": c["picked_outside_candidates"],
+            "finish_dropped": {w: c[f"finish_dropped_{w}"] for w in ("unknown", "already_bought", "repeated")},
             "per_call": self.per_call,
-            "llm_seconds": round(self.llm_seconds, 3),
             "llm_model_load_seconds": round(getattr(getattr(self.llm, "backend", self.llm), "load_seconds", 0.0), 3),
-            "seconds_per_generated_prompt": round(stats.get("backend_seconds", self.llm_seconds) / generated, 3)
-            if generated else None,
             **stats,
             "outputs_file": OUTPUTS_FILE if self.records else None,
             "example": self.example,
         }
+
+
+def final_ranking(order: np.ndarray, picks: Sequence[int]) -> np.ndarray:
+    """The agent's picks, then `order` (the retriever's, -1 padded) without them; as long as `order`."""
+    picked = set(picks)
+    rest = [int(i) for i in order if i >= 0 and int(i) not in picked]
+    out = np.full(len(order), -1, dtype=np.int64)
+    ranked = ([*picks, *rest])[:len(order)]
+    out[:len(ranked)] = ranked
+    return out
 
 
 def resolve_cache_path(setting: str, workdir: Path) -> Path | None:
