@@ -144,8 +144,7 @@ def parse_action(text: str) -> Action:
     if call is None and mark:
         call = _BARE.match(region.split("\n", 1)[0])  # "Action: history" without brackets
     if call is None:
-        return Action(None, thought=thought or _SPACES.sub(" ", body).strip(),
-                      error="no action found" if not mark else "the action names no tool")
+        return Action(None, thought=thought, error="no action found" if not mark else "the action names no tool")
     name = re.sub(r"[ _]", "", call.group(1).lower())
     name = {"iteminfo": "item_info", "similaritems": "similar_items"}.get(name, name)
     args = call.group(2).strip().strip("[]()").strip()
@@ -416,7 +415,7 @@ class RecMind(Model):
                     for r, hist in zip(rows, recent)]
         t0 = time.perf_counter()
         self.run_agent(episodes)
-        call = Counter(users=len(users), users_agent=len(episodes), seconds=time.perf_counter() - t0)
+        call = Counter(users=len(users), users_agent=len(episodes), wall_seconds=time.perf_counter() - t0)
         call.update(f"status_{s}" for s in statuses.values())
         for ep in episodes:
             order[ep.row] = final_ranking(order[ep.row], ep.picks)
@@ -599,8 +598,9 @@ class RecMind(Model):
             "prompt_tokens": c["prompt_tokens"],
             "answer_tokens": c["answer_tokens"],
             "token_counts": self.token_counts,
-            "agent_seconds": round(c["seconds"], 3),
+            "llm_seconds": round(c["seconds"], 3),  # the users' shares of their batches' generation time
             "seconds_per_agent_user": round(c["seconds"] / n_agent, 3) if n_agent else None,
+            "agent_wall_seconds": round(c["wall_seconds"], 3),  # also tools, tokenizer and model loading
             "invalid_actions": c["invalid_actions"],
             "repeated_actions": c["repeated_actions"],
             "tool_calls": {t: self.tool_counts[t] for t in TOOLS},

@@ -357,6 +357,8 @@ def test_per_user_cost_records(tiny_split, tmp_path, monkeypatch):
     for key in ("llm_calls", "prompt_tokens", "answer_tokens", "invalid_actions"):
         assert info[key] == sum(r[key] for r in records), key
     assert info["token_counts"] == "tokenizer" and info["users_agent"] == 4
+    assert info["llm_seconds"] == pytest.approx(sum(r["seconds"] for r in records), abs=0.01)
+    assert info["llm_seconds"] <= info["agent_wall_seconds"] + 0.01
     assert info["example"]["status"] == "max_steps" and info["example"]["last_prompt"] == llm.calls[-1][0]
 
 
@@ -585,7 +587,7 @@ def test_smollm2_runs_the_agent_for_a_few_users_offline(synthetic_split, tmp_pat
     assert sum(info["status"].values()) == 8 and 3 <= info["llm_calls"] <= 6
     assert info["token_counts"] == "tokenizer" and info["prompt_tokens"] > 100 * info["llm_calls"]
     print("\nsmollm2 agent:", json.dumps({k: info[k] for k in (
-        "status", "llm_calls", "invalid_actions", "repeated_actions", "tool_calls", "agent_seconds",
+        "status", "llm_calls", "invalid_actions", "repeated_actions", "tool_calls", "llm_seconds", "agent_wall_seconds",
         "prompt_tokens", "answer_tokens")}))
     for record in model.records[:3]:
         print(record["status"], [s["answer"] for s in record["steps"]])
