@@ -35,6 +35,9 @@ class ModelConfig:
 
 class Model:
     Config: type[ModelConfig] = ModelConfig
+    # Raised when a change of the code changes this model's results under the same settings;
+    # part of the result cache key when non-zero, so result files of the old code are recomputed.
+    result_version: int = 0
 
     def fit(self, split, config: ModelConfig, workdir: Path) -> None:
         raise NotImplementedError

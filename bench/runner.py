@@ -62,8 +62,12 @@ class Job:
         return ws.runs / self.preset / self.dataset / self.split.name / self.model / f"seed{self.seed}.json"
 
     def config_hash(self, preset: cfg.Preset) -> str:
-        return hash_json({"model": self.model_class_name, "config": cfg.to_dict(self.config), "topk": preset.topk,
-                          "ks": list(preset.ks), "metrics": METRICS_VERSION})
+        key = {"model": self.model_class_name, "config": cfg.to_dict(self.config), "topk": preset.topk,
+               "ks": list(preset.ks), "metrics": METRICS_VERSION}
+        version = MODELS.get(self.model_class_name).result_version
+        if version:  # only when set, so the keys of unchanged models stay as they were
+            key["model_version"] = version
+        return hash_json(key)
 
 
 @dataclass
