@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import progress
-from bench.models import Model, ModelConfig, validate
+from bench.models import Model, ModelConfig
+from bench.scoring import validate
 
 logger = logging.getLogger(__name__)
 

@@ -55,7 +55,8 @@ import numpy as np
 from bench.errors import ConfigError
 from bench.io import hash_json, record_problems, tree_record, write_json_atomic
 from bench.locks import lock_if_free, locked
-from bench.models import Model, ModelConfig, validate
+from bench.models import Model, ModelConfig
+from bench.scoring import validate
 
 logger = logging.getLogger(__name__)
 
