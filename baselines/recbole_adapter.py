@@ -168,7 +168,7 @@ class RecBoleModel(Model):
         import torch
         from recbole.data.interaction import Interaction
 
-        from bench.torch_utils import padded_histories
+        from bench.data.sequences import padded_histories
 
         device = self.rb_config["device"]
         fields = {"user_id": torch.as_tensor(self.rb_user[np.asarray(users)], device=device)}

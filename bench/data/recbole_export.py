@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.canonical import collapse_whitespace, split_categories
+from bench.data.sequences import in_time_order
 from bench.io import atomic_path, write_json_atomic
 
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
@@ -58,7 +59,7 @@ def sequential_rows(split, part: str, max_len: int = 50) -> pd.DataFrame:
         context = split.train
     else:
         context = pd.concat([split.train, split.valid])
-    ordered = context.sort_values(["user", "timestamp", "item"], kind="stable")
+    ordered = in_time_order(context)
     ids = split.item_ids
     seqs = {u: list(ids[g["item"].to_numpy()]) for u, g in ordered.groupby("user", sort=False)}
     rows_u, rows_h, rows_t = [], [], []
@@ -69,7 +70,7 @@ def sequential_rows(split, part: str, max_len: int = 50) -> pd.DataFrame:
                 rows_h.append(" ".join(seq[max(0, k - max_len):k]))
                 rows_t.append(seq[k])
     else:
-        target = getattr(split, part).sort_values(["user", "timestamp", "item"], kind="stable")
+        target = in_time_order(getattr(split, part))
         for u, item in zip(target["user"].to_numpy(), target["item"].to_numpy()):
             seq = seqs.get(u, [])
             if not seq:
