@@ -157,23 +157,19 @@ class HSTU(Model):
     # --- setup and one training step (the tests call these directly) ---------------------------
 
     def _setup(self, split, config: HSTUConfig) -> None:
-        import pandas as pd
         import torch
 
-        from bench.torch_utils import padded_histories, pick_device, seed_torch
+        from bench.data.sequences import KnownInteractions, padded_histories
+        from bench.torch_utils import pick_device, seed_torch
 
         seed_torch(config.seed)
         self.config, self.split, self.n_items = config, split, split.n_items
         self.device = pick_device(config.device)
         self.rng = np.random.default_rng(config.seed)
-        # Timestamps of known (user, item) pairs, looked up by key user * n_items + item.
-        frame = pd.concat([split.train, split.valid])
-        keys = frame["user"].to_numpy(np.int64) * split.n_items + frame["item"].to_numpy(np.int64)
-        order = np.argsort(keys, kind="stable")
-        self._time_keys, self._time_values = keys[order], frame["timestamp"].to_numpy(np.int64)[order]
+        self.known = KnownInteractions(split)  # timestamps of known (user, item) pairs
         # Training sequences: the last max_len + 1 training items of every user, oldest first.
         users = np.arange(split.n_users)
-        seqs = padded_histories(split, users, split.matrix(("train",)), config.max_len + 1)
+        seqs = padded_histories(split, users, split.matrix(("train",)), config.max_len + 1, self.known)
         keep = (seqs >= 0).sum(axis=1) >= 2  # at least one (input, target) pair
         self.train_seqs, self.train_times = seqs[keep], self._times(users[keep], seqs[keep])
         self.net = _build_network(split.n_items, config).to(self.device)
@@ -182,10 +178,8 @@ class HSTU(Model):
 
     def _times(self, users: np.ndarray, seqs: np.ndarray) -> np.ndarray:
         """(len(users), L) timestamps of the items of `seqs` (0 at padding)."""
-        query = np.asarray(users, dtype=np.int64)[:, None] * self.n_items + seqs
-        pos = np.clip(np.searchsorted(self._time_keys, query), 0, max(len(self._time_keys) - 1, 0))
-        found = (seqs >= 0) & (self._time_keys[pos] == query) if len(self._time_keys) else seqs < -1
-        times = np.where(found, self._time_values[pos] if len(self._time_keys) else 0, 0)
+        found, times, _ = self.known.lookup(np.asarray(users, dtype=np.int64)[:, None], seqs)
+        times = np.where(found & (seqs >= 0), times, 0)
         # Padding gets the first real time, so gaps to padding are small (they are masked anyway).
         first = np.where(seqs >= 0, times, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
         return np.where(seqs >= 0, times, np.where(first == np.iinfo(np.int64).max, 0, first))
@@ -240,10 +234,10 @@ class HSTU(Model):
         """(len(users), n_items): cosine of the last position's state with every item embedding."""
         import torch
 
-        from bench.torch_utils import padded_histories
+        from bench.data.sequences import padded_histories
 
         self.net.eval()
-        seqs = padded_histories(self.split, users, history, self.config.max_len)
+        seqs = padded_histories(self.split, users, history, self.config.max_len, self.known)
         times = self._times(users, seqs)
         out = np.empty((len(users), self.n_items), dtype=np.float32)
         with torch.no_grad():

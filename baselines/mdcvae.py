@@ -91,7 +91,7 @@ def item_features(items, max_title_words: int = 5000, min_word_count: int = 2) -
     docs = []
     for cats, brand, title in zip(items["categories"].fillna(""), items["brand"].fillna(""),
                                   items["title"].fillna("")):
-        tokens = {f"cat:{c.strip().lower()}" for c in split_categories(cats) if c.strip()}
+        tokens = {f"cat:{c.lower()}" for c in split_categories(cats)}
         if str(brand).strip():
             tokens.add(f"brand:{str(brand).strip().lower()}")
         docs.append((tokens, {f"word:{w}" for w in _WORD.findall(str(title).lower()) if len(w) > 1}))

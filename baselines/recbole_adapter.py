@@ -17,6 +17,7 @@ runs as ``recbole:<ModelName>`` (e.g. ``recbole:NARM``) with RecBole's own defau
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import progress
-from bench.models import Model, ModelConfig, validate
+from bench.models import Model, ModelConfig
+from bench.scoring import validate
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ class RecBoleModel(Model):
         import torch
         from recbole.data.interaction import Interaction
 
-        from bench.torch_utils import padded_histories
+        from bench.data.sequences import padded_histories
 
         device = self.rb_config["device"]
         fields = {"user_id": torch.as_tensor(self.rb_user[np.asarray(users)], device=device)}
@@ -181,12 +183,40 @@ class RecBoleModel(Model):
             fields["item_length"] = torch.as_tensor(np.maximum(lengths, 1), device=device)
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._folded_in(users, history):
             scores = self.model.full_sort_predict(Interaction(fields).to(device))
         if was_training:
             self.model.train()
         scores = scores.view(len(users), -1).float().cpu().numpy()
         return scores[:, self.rb_item]
+
+    @contextlib.contextmanager
+    def _folded_in(self, users: np.ndarray, history):
+        """While scoring, an auto-encoder (Multi-VAE, Multi-DAE, RecVAE, ...) encodes `history`.
+
+        RecBole's auto-encoders read a user's input row from the interaction matrix of the
+        dataset they were built with (`AutoEncoderMixin.get_rating_matrix`): the training
+        split. Scoring test users from it would drop their valid items, which every other
+        model of the harness reads. So the row is the harness's `history` (binary, as RecBole
+        builds it), in RecBole's item ids, for this one call; other models are left as they
+        are (sequential ones get `history` as their input sequence; LightGCN and other
+        embedding models have a trained vector per user and cannot fold in new history).
+        """
+        from recbole.model.abstract_recommender import AutoEncoderMixin
+
+        if not isinstance(self.model, AutoEncoderMixin):
+            yield
+            return
+        import torch
+
+        rows, cols = history.nonzero()
+        matrix = torch.zeros(len(users), self.model.n_items, device=self.rb_config["device"])
+        matrix[torch.as_tensor(rows), torch.as_tensor(self.rb_item[cols])] = 1.0
+        self.model.get_rating_matrix = lambda user: matrix  # an instance attribute shadows the method
+        try:
+            yield
+        finally:
+            del self.model.get_rating_matrix
 
     def extra_result(self) -> dict:
         return dict(self.info)
@@ -272,9 +302,15 @@ def _model_defaults(name: str, sequential: bool) -> dict:
     return out
 
 
+# RecBole 1.2.1's auto-encoders (`AutoEncoderMixin`): they fold in the harness's history since
+# result_version 1 (`RecBoleModel._folded_in`); before, they scored test users from train only.
+AUTO_ENCODERS = frozenset({"MultiVAE", "MultiDAE", "RecVAE", "MacridVAE", "RaCT", "CDAE", "DiffRec", "LDiffRec"})
+
+
 def recbole_model(name: str) -> type[RecBoleModel]:
     """The adapter class for RecBole model `name` (used by "recbole:<Name>")."""
-    return type(name, (RecBoleModel,), {"recbole_name": name, "__module__": __name__})
+    return type(name, (RecBoleModel,), {"recbole_name": name, "__module__": __name__,
+                                        "result_version": 1 if name in AUTO_ENCODERS else 0})
 
 
 MultiVAE = recbole_model("MultiVAE")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import html
 import json
 import logging
 import re
@@ -47,6 +46,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from bench.data.canonical import clean_text, split_categories
 from bench.errors import BenchError, ConfigError
 from bench.io import hash_json, write_json_atomic
 from bench.paths import Workspace
@@ -152,10 +152,10 @@ def _item_texts(split, title_chars: int) -> list[str]:
     cats = items["categories"].fillna("").astype(str) if "categories" in items else pd.Series([""] * split.n_items)
     out = []
     for item_id, title, categories in zip(split.item_ids, titles, cats):
-        title = re.sub(r"\s+", " ", html.unescape(title)).strip() or f"item {item_id}"
+        title = clean_text(title) or f"item {item_id}"
         if len(title) > title_chars:
             title = title[:title_chars - 3].rstrip() + "..."
-        last = [c.strip() for c in categories.split("|") if c.strip()]
+        last = split_categories(categories)
         out.append(f"{title} ({last[-1]})" if last else title)
     return out
 

@@ -11,8 +11,8 @@ A model is one class with a frozen config dataclass ``Config`` (defaults from it
 ``history`` is the (len(users), n_items) CSR matrix of what each user is known to have
 interacted with before the scored part (train when scoring valid, train + valid when
 scoring test). A model may use it as input; it never sees the scored part. The harness,
-not the model, removes history items before taking the top-K (`bench.runner.top_k`), so
-every model is masked the same way.
+not the model, removes history items before taking the top-K (`bench.scoring.top_k`), so
+every model is masked the same way. Models validate during `fit` with `bench.scoring.validate`.
 
 Adding a model = one file + one line below + (optionally) bench/configs/models/<name>.yaml
 (``settings="other"`` makes a variant read another model's YAML and preset settings).
@@ -35,6 +35,9 @@ class ModelConfig:
 
 class Model:
     Config: type[ModelConfig] = ModelConfig
+    # Raised when a change of the code changes this model's results under the same settings;
+    # part of the result cache key when non-zero, so result files of the old code are recomputed.
+    result_version: int = 0
 
     def fit(self, split, config: ModelConfig, workdir: Path) -> None:
         raise NotImplementedError
@@ -97,13 +100,3 @@ MODELS.register("pagellm-page", "pagellm.model:PageLLMPage", family="pagellm", g
 MODELS.register("pagellm-sft", "pagellm.model:PageLLMSFT", family="pagellm", gpu=True, minutes=120,
                 settings="pagellm")
 
-
-def validate(model: Model, split, metric: str = "ndcg@20") -> float:
-    """`metric` of `model` on the validation split, through the one evaluator and the same
-    history masking as the final scoring. For early stopping and model selection."""
-    from bench.runner import evaluate_split
-
-    k = int(metric.rsplit("@", 1)[1]) if "@" in metric else 100
-    evaluation, _, _ = evaluate_split(model, split, "valid", topk=max(k, 20), ks=(k,))
-    value = evaluation.metrics[metric]
-    return float("nan") if value is None else float(value)

@@ -125,6 +125,13 @@ REWARD_ACCURACY_NOTE = (
     "Reward models: held-out Bradley-Terry pair accuracy (share of held-out preference pairs the reward model "
     "orders correctly; `model_info.reward_accuracy.<kind>.all`), mean ± std over seeds; pairs = held-out pairs "
     "(mean over seeds). Per pair family and variant, with what PPO did to the lists: `reward_models.md`.")
+HISTORY_NOTE = (
+    "History at test time: every model's lists have train + valid items removed; as input, EASE, ItemKNN, Multi-VAE "
+    "(its encoder reads the harness's history row), MD-CVAE, the sequential models (SASRec, GRU4Rec, BERT4Rec, S3Rec, "
+    "FDSA, HSTU, UniSRec), RecMind and PageLLM read train + valid; LightGCN reads train only (a user is an embedding "
+    "trained on the training graph: it cannot fold in valid without retraining); Pop and Random read none. Multi-VAE "
+    "results written before it read the history scored from train only; `bench run` recomputes them (their cache key "
+    "changed).")
 CELL_NOTE = ("Cells: mean ± std over seeds (n = seeds; a cell without ± rests on one seed, e.g. a metric an older "
              "result file lacks); best per column in bold; rows `↳ paper` = the paper's reported number, `↳ Δ` = "
              "ours − paper.")
@@ -840,6 +847,7 @@ def table2(frame: pd.DataFrame, per_user: PerUser) -> Table:
               "Every model with results, per dataset. † compares a model with the column's best baseline "
               "(highest mean among the non-PageLLM models of that dataset and split; lowest for wmrd), marked °.",
               notes=[CELL_NOTE, DEFINITIONS_NOTE, SIGNIFICANCE_NOTE.format(key=key),
+                     HISTORY_NOTE,
                      "The paper prints AM-Food HSTU recall@20 as 0.949 (almost surely 0.0949); shown as printed."])
     blocks = []
     for (preset, split, dataset), sub in _blocks(frame, cold=False):

@@ -1,6 +1,6 @@
 """The ranking rule, in one place: higher score first; equal scores, lower item index first.
 
-Every score-based list of the project is cut here (through `bench.runner.top_k`), so the rule
+Every score-based list of the project is cut here (through `bench.scoring.top_k`), so the rule
 holds exactly, also for items tied at the cut-off: which of several equal items makes the top
 K never depends on the selection algorithm, the numpy build or the machine.
 """

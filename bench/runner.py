@@ -30,9 +30,10 @@ from bench.data.splits import Split, SplitSpec
 from bench.errors import BenchError, NotApplicable
 from bench.io import atomic_path, hash_json, write_json_atomic, write_text_atomic
 from bench.locks import lock_if_free
-from bench.models import MODELS, Model
+from bench.models import MODELS
 from bench.paths import Workspace
 from bench.provenance import PeakMemory, provenance
+from bench.scoring import evaluate_split, top_k  # noqa: F401 - top_k: still importable from here (tests, recmind)
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,12 @@ class Job:
         return ws.runs / self.preset / self.dataset / self.split.name / self.model / f"seed{self.seed}.json"
 
     def config_hash(self, preset: cfg.Preset) -> str:
-        return hash_json({"model": self.model_class_name, "config": cfg.to_dict(self.config), "topk": preset.topk,
-                          "ks": list(preset.ks), "metrics": METRICS_VERSION})
+        key = {"model": self.model_class_name, "config": cfg.to_dict(self.config), "topk": preset.topk,
+               "ks": list(preset.ks), "metrics": METRICS_VERSION}
+        version = MODELS.get(self.model_class_name).result_version
+        if version:  # only when set, so the keys of unchanged models stay as they were
+            key["model_version"] = version
+        return hash_json(key)
 
 
 @dataclass
@@ -187,53 +192,6 @@ def seed_everything(seed: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.manual_seed(seed)
-
-
-def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 1024) -> np.ndarray:
-    """(len(users), k) item indices, best first, history removed, -1 where fewer than k remain.
-
-    The one place where lists are cut: every model's history is masked here, identically, and
-    scores are ranked by the one rule of `bench.ranking` (ties: lower item index first).
-    """
-    from bench.evaluator import clean_lists
-    from bench.ranking import top_k_indices
-
-    out = np.full((len(users), k), -1, dtype=np.int64)
-    for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
-        hist = history[batch]
-        if model.produces_lists:
-            lists = np.asarray(model.rank(batch, k, hist), dtype=np.int64)
-            lists = clean_lists(lists, np.arange(len(batch)), hist)[:, :k]
-            out[start:start + len(batch), :lists.shape[1]] = lists
-            continue
-        scores = np.array(model.score(batch, hist), dtype=np.float32, copy=True)
-        _require_finite_scores(scores, model)
-        scores[np.isnan(scores)] = -np.inf
-        rows, cols = hist.nonzero()
-        scores[rows, cols] = -np.inf
-        ranked = top_k_indices(scores, k)  # higher score first; ties: lower item index first
-        ranked[np.take_along_axis(scores, ranked, axis=1) == -np.inf] = -1
-        out[start:start + len(batch), :ranked.shape[1]] = ranked
-    return out
-
-
-def _require_finite_scores(scores: np.ndarray, model: Model) -> None:
-    """A model whose scores (users, items) are all NaN or infinite (a diverged fit, a degenerate
-    setting) fails the job, instead of ranking nothing and being recorded with every metric 0."""
-    if scores.size and not np.isfinite(scores).any():
-        raise BenchError(f"{type(model).__name__} gave no finite score to any item for {len(scores)} users: "
-                         "its fit diverged or a setting is degenerate; check its settings "
-                         "(`bench ls --model NAME` lists them)")
-
-
-def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...]):
-    from bench.evaluator import evaluate
-
-    truth = split.ground_truth(part)
-    users = np.unique(getattr(split, part)["user"].to_numpy())
-    recs = top_k(model, users, truth.history, topk)
-    return evaluate(recs, users, truth, ks=ks), users, recs
 
 
 def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = False, download: bool = False,

@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from bench.data.canonical import is_positive, ordered_ids, split_categories
+from bench.data.canonical import is_positive, ordered_ids
+from bench.data.splits import category_matrix, interaction_matrix, mean_item_rating
 from bench.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,9 @@ def score_files(train: Path, test: Path, recs: Path, valid: Path | None = None, 
     n_users, n_items = len(user_ids), len(item_ids)
 
     seen = pd.concat([f for f in (train_df, valid_df) if f is not None], ignore_index=True)
-    history = sp.csr_matrix((np.ones(len(seen)), (users.get_indexer(seen["user_id"]),
-                                                  items_index.get_indexer(seen["item_id"]))),
-                            shape=(n_users, n_items))
-    train_items = items_index.get_indexer(train_df["item_id"])
-    rated = ~np.isnan(train_r)
-    sums = np.bincount(train_items[rated], weights=train_r[rated], minlength=n_items)
-    counts = np.bincount(train_items[rated], minlength=n_items)
-    item_mean = np.divide(sums, counts, out=np.zeros(n_items), where=counts > 0)
+    history = interaction_matrix(users.get_indexer(seen["user_id"]), items_index.get_indexer(seen["item_id"]),
+                                 n_users, n_items)
+    item_mean = mean_item_rating(items_index.get_indexer(train_df["item_id"]), train_r, n_items)
 
     positive = is_positive(test_r)
     if not positive.any():
@@ -83,8 +78,8 @@ def score_files(train: Path, test: Path, recs: Path, valid: Path | None = None, 
 
     rec_users, rec_lists = _lists(recs_df, rank, users, items_index)
     categories = vectors = None
-    if items_df is not None:
-        categories = _categories(items_df, items_index)
+    if items_df is not None and "categories" in items_df.columns:
+        categories = category_matrix(items_df["categories"], items_index.get_indexer(items_df["item_id"]), n_items)
     if similarity == "text":
         vectors = _text_vectors(items_df, items, item_ids, encoder)
 
@@ -186,22 +181,6 @@ def _lists(recs_df: pd.DataFrame, rank: np.ndarray, users: pd.Index, items: pd.I
     lists = np.full((len(starts), int(lengths.max())), -1, dtype=np.int64)
     lists[row, col] = i
     return u[starts], lists
-
-
-def _categories(items_df: pd.DataFrame, items: pd.Index) -> sp.csr_matrix | None:
-    """(n_items, n_categories) binary matrix from the "|"-joined categories column, or None."""
-    if "categories" not in items_df.columns:
-        return None
-    lists = [split_categories(c) for c in items_df["categories"]]
-    vocab = sorted({c for cats in lists for c in cats})
-    if not vocab:
-        return None
-    index = {c: j for j, c in enumerate(vocab)}
-    rows = np.repeat(items.get_indexer(items_df["item_id"]), [len(c) for c in lists])
-    cols = np.fromiter((index[c] for cats in lists for c in cats), dtype=np.int64, count=len(rows))
-    matrix = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(items), len(vocab)))
-    matrix.data[:] = 1.0  # an item listed twice keeps a binary row
-    return matrix
 
 
 def _text_vectors(items_df: pd.DataFrame | None, path: Path | None, item_ids: np.ndarray,

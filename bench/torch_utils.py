@@ -40,27 +40,8 @@ def seed_torch(seed: int) -> None:
 
 
 def padded_histories(split, users: np.ndarray, history, max_len: int) -> np.ndarray:
-    """(len(users), max_len) int64 item sequences, oldest first, right-aligned, padded with -1.
+    """`bench.data.sequences.padded_histories`, where it lives now; kept importable from here for
+    baselines/recmind.py (rewritten elsewhere: it should import bench.data.sequences)."""
+    from bench.data.sequences import padded_histories as padded
 
-    The items of each `history` row, ordered by their time in train/valid (ties: item index);
-    the most recent `max_len` are kept. Used by sequential models to read a user's known items.
-    """
-    import pandas as pd
-
-    frame = pd.concat([split.train, split.valid])
-    keys = frame["user"].to_numpy(np.int64) * split.n_items + frame["item"].to_numpy(np.int64)
-    order = np.argsort(keys, kind="stable")
-    keys, times = keys[order], frame["timestamp"].to_numpy(np.int64)[order]
-    coo = history.tocoo()
-    rows, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    query = np.asarray(users, dtype=np.int64)[rows] * split.n_items + items
-    pos = np.clip(np.searchsorted(keys, query), 0, max(len(keys) - 1, 0))
-    t = np.where(len(keys) and (keys[pos] == query), times[pos] if len(keys) else 0, 0)
-    order = np.lexsort((items, t, rows))
-    rows, items = rows[order], items[order]
-    counts = np.bincount(rows, minlength=len(users))
-    from_end = np.repeat(np.cumsum(counts), counts) - np.arange(len(rows)) - 1  # 0 = most recent
-    keep = from_end < max_len
-    out = np.full((len(users), max_len), -1, dtype=np.int64)
-    out[rows[keep], max_len - 1 - from_end[keep]] = items[keep]
-    return out
+    return padded(split, users, history, max_len)

@@ -44,10 +44,10 @@ def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric:
                             train_epoch: Callable[[], float], snapshot: Callable[[], Any],
                             restore: Callable[[Any], None], desc: str) -> tuple[list[float], list[float], EarlyStopping]:
     """The loop every model written here shares: one training epoch, then `metric` on the
-    validation split through the one evaluator (`bench.models.validate`), early stopping, and
+    validation split through the one evaluator (`bench.scoring.validate`), early stopping, and
     the best state restored at the end. Returns (train losses, valid values, the stopper)."""
-    from bench.models import validate
     from bench.progress import note
+    from bench.scoring import validate
 
     losses: list[float] = []
     values: list[float] = []

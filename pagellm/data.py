@@ -130,6 +130,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.canonical import split_categories
+from bench.data.sequences import in_time_order
 from bench.errors import ConfigError, DataError
 from bench.io import atomic_path, hash_json, sha256_file, write_json_atomic
 from pagellm import prompts
@@ -645,7 +646,7 @@ def review_texts(split, config: DataConfig) -> dict[tuple[int, int], str]:
 
 def _by_user(frame: pd.DataFrame, n_users: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per user: (items, ratings), chronological (timestamp, then item index)."""
-    f = frame.sort_values(["user", "timestamp", "item"], kind="stable")
+    f = in_time_order(frame)
     users = f["user"].to_numpy()
     items = f["item"].to_numpy(dtype=np.int64)
     ratings = f["rating"].to_numpy(dtype="float64")
@@ -756,7 +757,7 @@ def _construct(split, config: DataConfig) -> tuple[dict[str, list[dict]], dict, 
 
     rating_rows = []
     for source, frame in (("train", train), ("negatives", split.negatives)):
-        f = frame.sort_values(["user", "timestamp", "item"], kind="stable")
+        f = in_time_order(frame)
         for u, i, r in zip(f["user"].to_numpy(), f["item"].to_numpy(), f["rating"].to_numpy(dtype="float64")):
             if not math.isnan(r):
                 rating_rows.append({"user": int(u), "item": int(i), "rating": float(r),

@@ -55,7 +55,8 @@ import numpy as np
 from bench.errors import ConfigError
 from bench.io import hash_json, record_problems, tree_record, write_json_atomic
 from bench.locks import lock_if_free, locked
-from bench.models import Model, ModelConfig, validate
+from bench.models import Model, ModelConfig
+from bench.scoring import validate
 
 logger = logging.getLogger(__name__)
 
@@ -709,26 +710,17 @@ class _HistoryLookup:
     but from the harness's history rows and a sorted key table instead of a scan per user."""
 
     def __init__(self, split) -> None:
-        import pandas as pd
+        from bench.data.sequences import KnownInteractions
 
-        frame = pd.concat([split.train, split.valid])
-        self.n_items = split.n_items
-        keys = frame["user"].to_numpy(np.int64) * self.n_items + frame["item"].to_numpy(np.int64)
-        order = np.argsort(keys, kind="stable")
-        self.keys = keys[order]
-        self.times = frame["timestamp"].to_numpy(np.int64)[order]
-        self.ratings = frame["rating"].to_numpy(np.float64)[order]
+        self.known = KnownInteractions(split)
 
     def prompt(self, user: int, items: list[int], data_config) -> str:
+        from bench.data.sequences import time_order
         from pagellm import prompts
 
         items_arr = np.asarray(sorted(items), dtype=np.int64)
-        query = user * self.n_items + items_arr
-        pos = np.clip(np.searchsorted(self.keys, query), 0, max(len(self.keys) - 1, 0))
-        found = self.keys[pos] == query if len(self.keys) else np.zeros(len(query), dtype=bool)
-        times = np.where(found, self.times[pos], 0)
-        ratings = np.where(found, self.ratings[pos], np.nan)
-        order = np.lexsort((items_arr, times))[-data_config.max_history:]
+        _, times, ratings = self.known.lookup(user, items_arr)
+        order = time_order(np.zeros(len(items_arr)), items_arr, times)[-data_config.max_history:]
         chosen, shown = items_arr[order].tolist(), ratings[order]
         with_ratings = data_config.prompt_ratings and not np.isnan(shown).any()
         return prompts.finetune_prompt(user, chosen, shown.tolist() if with_ratings else None)

@@ -164,12 +164,12 @@ def test_note_goes_to_the_innermost_open_bar(monkeypatch):
 
 
 def test_epochs_show_the_validation_metric(monkeypatch, capsys):
-    import bench.models
+    import bench.scoring
     from bench.training import fit_with_early_stopping
 
     monkeypatch.setenv("BENCH_PROGRESS", "1")
     values = iter([0.1, 0.3, 0.2, 0.2])
-    monkeypatch.setattr(bench.models, "validate", lambda model, split, metric: next(values))
+    monkeypatch.setattr(bench.scoring, "validate", lambda model, split, metric: next(values))
     restored = []
     _, valid, stopper = fit_with_early_stopping(None, None, epochs=10, patience=2, metric="ndcg@20",
                                                 train_epoch=lambda: 1.5, snapshot=lambda: "state",

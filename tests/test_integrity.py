@@ -165,7 +165,7 @@ def test_all_non_finite_scores_fail_the_job():
     import scipy.sparse as sp
 
     from bench.errors import BenchError
-    from bench.runner import top_k
+    from bench.scoring import top_k
 
     class Diverged:
         produces_lists = False

@@ -137,7 +137,7 @@ def test_judge_counts_reach_the_figure_and_the_report(grid, monkeypatch, capsys)
 
     ws, split, titles = grid
     monkeypatch.setattr("bench.llm.make_llm", lambda *a, **k: PageCounter(good=titles["pagellm"]))
-    assert main(["--root", str(ws.root), "judge", "--overwrite", "--set", "judge.users=4"]) == 0
+    assert main(["--root", str(ws.root), "judge", "--preset", "smoke", "--overwrite", "--set", "judge.users=4"]) == 0
     assert "1 judged" in capsys.readouterr().out
     table = build_tables(ws, "smoke", out_dir=ws.tables)["judge_winrate"]
     overall = [r for r in table.blocks if r["aspect"] == "overall"]

@@ -199,6 +199,24 @@ def test_restricted_distribution_is_the_same_in_training_and_decoding():
 
 # --- the registered pipeline -------------------------------------------------------------------
 
+def test_test_lists_follow_the_valid_history(sft, tiny_split):
+    # PageLLM's prompt is the harness's history (issue 10, section 1): at test time train +
+    # valid. Its lists, masked by the same test history, change when valid is taken out of the
+    # prompt (and out of the items it may not repeat).
+    from bench.evaluator import clean_lists
+
+    model, _, _ = sft
+    users = np.unique(tiny_split.test["user"].to_numpy())[:40]
+    with_valid, train_only = tiny_split.history("test")[users], tiny_split.history("valid")[users]
+    for r, u in enumerate(users[:10]):  # the prompt names the valid items
+        assert (model._inference_prompt(int(u), with_valid[r].indices.tolist())
+                != model._inference_prompt(int(u), train_only[r].indices.tolist()))
+    rows = np.arange(len(users))
+    lists = clean_lists(model.rank(users, 20, with_valid), rows, with_valid)
+    without = clean_lists(model.rank(users, 20, train_only), rows, with_valid)
+    assert np.any(lists[:, :10] != without[:, :10], axis=1).mean() > 0.5
+
+
 def test_finetuned_model_beats_random(sft, tiny_split):
     model, _, recall = sft
     random = RandomModel()

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from bench.ranking import top_k_indices
-from bench.runner import top_k
+from bench.scoring import top_k
 
 
 def rule(scores: np.ndarray, k: int) -> np.ndarray:

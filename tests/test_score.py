@@ -63,6 +63,19 @@ def test_score_with_categories(tmp_path):
     assert m["entropy@20"] == pytest.approx((1.589027 + 0.562335) / 2, abs=1e-6)
 
 
+def test_spaces_around_category_names_do_not_make_new_categories(tmp_path):
+    # One category parser (`canonical.split_categories`) for the split, `bench score`, the judge and
+    # MD-CVAE: " Makeup " is Makeup, an empty name is none (the judge and MD-CVAE stripped, the
+    # others did not, so "Beauty | Makeup" gave ild 1 against "Beauty|Makeup").
+    spaced = ITEMS.replace("Beauty|Makeup|Lips", "Beauty | Makeup|| Lips ").replace("Toys|Dolls", "Toys |Dolls")
+    clean = write(tmp_path, train=TRAIN, test=TEST, recs=RECS, items=ITEMS)
+    (tmp_path / "spaced").mkdir()
+    padded = write(tmp_path / "spaced", items=spaced)
+    a = score_files(clean["train"], clean["test"], clean["recs"], items=clean["items"], ks=(2,))["metrics"]
+    b = score_files(clean["train"], clean["test"], clean["recs"], items=padded["items"], ks=(2,))["metrics"]
+    assert (b["ild@20"], b["entropy@20"]) == pytest.approx((a["ild@20"], a["entropy@20"]))
+
+
 def test_valid_is_history_too(tmp_path):
     # valid u1,i4 joins the history: u1's L = [i3] (i1, i4 removed) while T = {i3, i4} stays.
     # u1: recall@2 = 1/2, ndcg@2 = 1 / (1 + w2) = 0.61315; u2 unchanged (1, 1).

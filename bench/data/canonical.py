@@ -101,7 +101,13 @@ def clean_text(value: object) -> str:
     text = str(value)
     # the parser is slow next to a regex: only text that looks like markup goes through it
     text = _strip_markup(text) if _MARKUP.search(text) else html.unescape(text)
-    return _SPACE.sub(" ", text).strip()
+    return collapse_whitespace(text)
+
+
+def collapse_whitespace(text: str) -> str:
+    """Every run of whitespace (tabs, newlines) as one space, none at the ends: the last step of
+    `clean_text`, alone for text that is clean already (e.g. fields written to tab-separated files)."""
+    return _SPACE.sub(" ", str(text)).strip()
 
 
 def _has_text(value: object) -> bool:
@@ -123,7 +129,11 @@ def join_categories(names: list[str] | tuple[str, ...]) -> str:
 
 
 def split_categories(value: str) -> list[str]:
-    return [c for c in str(value).split("|") if c] if isinstance(value, str) else []
+    """The one category parser: the names of a "|"-joined categories field, spaces around each
+    name removed, empty names dropped ("Toys | Dolls|" -> ["Toys", "Dolls"]); [] for a non-string."""
+    if not isinstance(value, str):
+        return []
+    return [c for c in (name.strip() for name in value.split("|")) if c]
 
 
 def out_of_range(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:

@@ -28,17 +28,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.data.canonical import split_categories
+from bench.data.canonical import collapse_whitespace, split_categories
+from bench.data.sequences import in_time_order
 from bench.io import atomic_path, write_json_atomic
 
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
 SEQ_HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
 ITEM_HEADER = ["item_id:token", "brand:token", "categories:token_seq", "title:token_seq"]
 EXPORT_VERSION = 2  # 2: no whole-data <ds>.inter
-
-
-def _clean_token(text: str) -> str:
-    return " ".join(str(text).replace("\t", " ").split())
 
 
 def _write(path, header: list[str], frame: pd.DataFrame) -> None:
@@ -62,7 +59,7 @@ def sequential_rows(split, part: str, max_len: int = 50) -> pd.DataFrame:
         context = split.train
     else:
         context = pd.concat([split.train, split.valid])
-    ordered = context.sort_values(["user", "timestamp", "item"], kind="stable")
+    ordered = in_time_order(context)
     ids = split.item_ids
     seqs = {u: list(ids[g["item"].to_numpy()]) for u, g in ordered.groupby("user", sort=False)}
     rows_u, rows_h, rows_t = [], [], []
@@ -73,7 +70,7 @@ def sequential_rows(split, part: str, max_len: int = 50) -> pd.DataFrame:
                 rows_h.append(" ".join(seq[max(0, k - max_len):k]))
                 rows_t.append(seq[k])
     else:
-        target = getattr(split, part).sort_values(["user", "timestamp", "item"], kind="stable")
+        target = in_time_order(getattr(split, part))
         for u, item in zip(target["user"].to_numpy(), target["item"].to_numpy()):
             seq = seqs.get(u, [])
             if not seq:
@@ -111,9 +108,9 @@ def export_recbole(split, max_len: int = 50) -> dict[str, str]:
     items = split.items
     item_frame = pd.DataFrame({
         "i": split.item_ids,
-        "b": items["brand"].map(_clean_token).to_numpy(),
+        "b": items["brand"].map(collapse_whitespace).to_numpy(),
         "c": items["categories"].map(lambda v: " ".join(c.replace(" ", "_") for c in split_categories(v))).to_numpy(),
-        "t": items["title"].map(_clean_token).to_numpy(),
+        "t": items["title"].map(collapse_whitespace).to_numpy(),
     })
     _write(general / f"{name}.item", ITEM_HEADER, item_frame)
     _write(sequential / f"{name}-seq.item", ITEM_HEADER, item_frame)  # item features for FDSA, S3Rec

@@ -184,6 +184,41 @@ def _reviews(train: pd.DataFrame, negatives: pd.DataFrame) -> pd.DataFrame:
     return out[REVIEW_COLUMNS]
 
 
+def interaction_matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    """(n_users, n_items) binary float32 CSR with a 1 at each (users[j], items[j]); a pair listed
+    twice is one entry. The history matrix of `Split.matrix` and of `bench score`."""
+    mat = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (np.asarray(users), np.asarray(items))),
+                        shape=(n_users, n_items))
+    mat.sum_duplicates()
+    mat.data[:] = 1.0
+    return mat
+
+
+def mean_item_rating(items: np.ndarray, ratings: np.ndarray, n_items: int) -> np.ndarray:
+    """(n_items,) mean of `ratings` (aligned with `items`) per item; NaN ratings are left out,
+    and an item without any rating gets 0 (the golden list's tie-break, `GroundTruth`)."""
+    items = np.asarray(items)
+    ratings = np.asarray(ratings, dtype=np.float64)
+    rated = ~np.isnan(ratings)
+    sums = np.bincount(items[rated], weights=ratings[rated], minlength=n_items)
+    counts = np.bincount(items[rated], minlength=n_items)
+    return np.divide(sums, counts, out=np.zeros(n_items), where=counts > 0)
+
+
+def category_matrix(categories, items: np.ndarray, n_items: int) -> sp.csr_matrix | None:
+    """(n_items, n_categories) binary float32 CSR from "|"-joined category strings, one per entry
+    of `items` (an item listed twice gets the union), columns in sorted category order; None when
+    no item has a category. Names are parsed by `canonical.split_categories`."""
+    lists = [split_categories(c) for c in categories]
+    vocab = sorted({c for cats in lists for c in cats})
+    if not vocab:
+        return None
+    index = {c: j for j, c in enumerate(vocab)}
+    rows = np.repeat(np.asarray(items, dtype=np.int64), [len(c) for c in lists])
+    cols = np.fromiter((index[c] for cats in lists for c in cats), dtype=np.int64, count=len(rows))
+    return interaction_matrix(rows, cols, n_items, len(vocab))
+
+
 def write_split(frames: dict, directory: Path, spec: SplitSpec, dataset: str, source_hash: str | None = None) -> str:
     """Write the split files atomically; return the content hash."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -260,12 +295,7 @@ class Split:
     def matrix(self, parts: tuple[str, ...] = ("train",)) -> sp.csr_matrix:
         """(n_users, n_items) binary CSR matrix of the given parts."""
         frame = pd.concat([getattr(self, p) for p in parts])
-        data = np.ones(len(frame), dtype=np.float32)
-        mat = sp.csr_matrix((data, (frame["user"].to_numpy(), frame["item"].to_numpy())),
-                            shape=(self.n_users, self.n_items))
-        mat.sum_duplicates()
-        mat.data[:] = 1.0
-        return mat
+        return interaction_matrix(frame["user"].to_numpy(), frame["item"].to_numpy(), self.n_users, self.n_items)
 
     def history(self, part: str) -> sp.csr_matrix:
         """Items masked when scoring `part`: train for valid, train + valid for test."""
@@ -302,23 +332,13 @@ class Split:
     @cached_property
     def item_mean_rating(self) -> np.ndarray:
         """(n_items,) mean training rating (0 where an item has none or data is implicit)."""
-        r = self.train["rating"].to_numpy(dtype="float64")
-        ok = ~np.isnan(r)
-        sums = np.bincount(self.train["item"].to_numpy()[ok], weights=r[ok], minlength=self.n_items)
-        cnt = np.bincount(self.train["item"].to_numpy()[ok], minlength=self.n_items)
-        return np.divide(sums, cnt, out=np.zeros(self.n_items), where=cnt > 0)
+        return mean_item_rating(self.train["item"].to_numpy(), self.train["rating"].to_numpy(dtype="float64"),
+                                self.n_items)
 
     @cached_property
     def item_categories(self) -> sp.csr_matrix | None:
         """(n_items, n_categories) binary matrix, or None when no item has a category."""
-        lists = [split_categories(c) for c in self.items["categories"].fillna("")]
-        vocab = sorted({c for cats in lists for c in cats})
-        if not vocab:
-            return None
-        index = {c: j for j, c in enumerate(vocab)}
-        rows = np.repeat(np.arange(len(lists)), [len(c) for c in lists])
-        cols = np.fromiter((index[c] for cats in lists for c in cats), dtype=np.int64, count=len(rows))
-        return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(self.n_items, len(vocab)))
+        return category_matrix(self.items["categories"].fillna(""), np.arange(self.n_items), self.n_items)
 
     def ground_truth(self, part: str = "test"):
         """The evaluator's view of `part` (history masked as for every model)."""
