@@ -217,7 +217,7 @@ class Tools:
     # ---- the user's side
     def retrieve(self, history: sp.csr_matrix, n: int) -> np.ndarray:
         """(n_rows, n) item-kNN ranking of each history row's unseen items, best first, -1 padded."""
-        from bench.runner import top_k
+        from bench.scoring import top_k
 
         # ItemKNN scores from the history rows alone (history @ similarity), so the rows can stand
         # for the users: the harness's own masking and ranking rule (ties: lower item index).
@@ -227,7 +227,7 @@ class Tools:
     def history(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> list[list[int]]:
         """Each user's `n` most recent known items (the rows of `history`), oldest first."""
         # numpy only, despite the module name
-        from bench.torch_utils import padded_histories
+        from bench.data.sequences import padded_histories
 
         seqs = padded_histories(self.split, users, history, n)
         return [[int(i) for i in row if i >= 0] for row in seqs]
