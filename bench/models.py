@@ -52,6 +52,14 @@ class Model:
         of a run, before the grid, so the user hears it in a second and once; `name` is the
         model's name in the run (the NAME of the fix's ``--set NAME.key=value``)."""
 
+    @classmethod
+    def job_config(cls, config: ModelConfig, dataset: str, datasets: tuple[str, ...]) -> ModelConfig:
+        """The config of this model's job on `dataset`, in a preset whose datasets are `datasets`
+        (the preset's list, not what --datasets narrows a run to, so a job's result never depends
+        on which other jobs ran with it). The runner calls it once per job; by default `config`.
+        UniSRec fills in the datasets it pre-trains on here, so they are part of the config hash."""
+        return config
+
     @property
     def produces_lists(self) -> bool:
         return type(self).rank is not Model.rank and type(self).score is Model.score
