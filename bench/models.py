@@ -94,7 +94,10 @@ MODELS.register("sasrec", "baselines.recbole_adapter:SASRec", family="recbole-se
 MODELS.register("gru4rec", "baselines.recbole_adapter:GRU4Rec", family="recbole-sequential", gpu=True, minutes=20)
 MODELS.register("md-cvae", "baselines.mdcvae:MDCVAE", family="hybrid", gpu=True, minutes=15)
 MODELS.register("hstu", "baselines.hstu:HSTU", family="sequential", gpu=True, minutes=30)
-MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True, minutes=60)
+# UniSRec pre-trained on the preset's other datasets (the paper's), and without pre-training
+MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True, minutes=90)
+MODELS.register("unisrec-scratch", "baselines.unisrec:UniSRecScratch", family="sequential-text", gpu=True,
+                minutes=60, settings="unisrec")
 MODELS.register("recmind", "baselines.recmind:RecMind", family="llm-agent", gpu=True, minutes=240)
 # PageLLM and its ablations (Table 1, Appendix G) read bench/configs/models/pagellm.yaml
 MODELS.register("pagellm", "pagellm.model:PageLLM", family="pagellm", gpu=True, minutes=240)
