@@ -55,6 +55,14 @@ class Model:
         of a run, before the grid, so the user hears it in a second and once; `name` is the
         model's name in the run (the NAME of the fix's ``--set NAME.key=value``)."""
 
+    @classmethod
+    def job_config(cls, config: ModelConfig, dataset: str, datasets: tuple[str, ...]) -> ModelConfig:
+        """The config of this model's job on `dataset`, in a preset whose datasets are `datasets`
+        (the preset's list, not what --datasets narrows a run to, so a job's result never depends
+        on which other jobs ran with it). The runner calls it once per job; by default `config`.
+        UniSRec fills in the datasets it pre-trains on here, so they are part of the config hash."""
+        return config
+
     @property
     def produces_lists(self) -> bool:
         return type(self).rank is not Model.rank and type(self).score is Model.score
@@ -89,7 +97,10 @@ MODELS.register("sasrec", "baselines.recbole_adapter:SASRec", family="recbole-se
 MODELS.register("gru4rec", "baselines.recbole_adapter:GRU4Rec", family="recbole-sequential", gpu=True, minutes=20)
 MODELS.register("md-cvae", "baselines.mdcvae:MDCVAE", family="hybrid", gpu=True, minutes=15)
 MODELS.register("hstu", "baselines.hstu:HSTU", family="sequential", gpu=True, minutes=30)
-MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True, minutes=60)
+# UniSRec pre-trained on the preset's other datasets (the paper's), and without pre-training
+MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True, minutes=90)
+MODELS.register("unisrec-scratch", "baselines.unisrec:UniSRecScratch", family="sequential-text", gpu=True,
+                minutes=60, settings="unisrec")
 MODELS.register("recmind", "baselines.recmind:RecMind", family="llm-agent", gpu=True, minutes=240)
 # PageLLM and its ablations (Table 1, Appendix G) read bench/configs/models/pagellm.yaml
 MODELS.register("pagellm", "pagellm.model:PageLLM", family="pagellm", gpu=True, minutes=240)

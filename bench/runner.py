@@ -108,7 +108,7 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
     if unknown_scopes:
         raise BenchError(f"--set names {sorted(unknown_scopes)}, which are not models of this run "
                          f"({', '.join(model_names)}) nor 'split'")
-    configs, registry = {}, {}
+    configs, registry, classes = {}, {}, {}
     for name in model_names:
         alias = aliases.get(name) or {}
         registry[name] = alias.get("model", name)
@@ -116,12 +116,15 @@ def plan(preset: cfg.Preset, ws: Workspace, *, models=None, datasets=None, seeds
         # Variants of one model (pagellm-item, ...) read their family's settings, so they resolve
         # to the same configuration and can share training stages.
         shared = entry.meta.get("settings", registry[name])
-        cls = entry.load().Config
+        classes[name] = entry.load()
+        cls = classes[name].Config
         values = {**cfg.model_yaml(shared, preset.model_settings),
                   **(preset.models_config.get(shared) or {}), **(preset.models_config.get(registry[name]) or {}),
                   **(alias.get("config") or {}), **overrides.get(name, {})}
         configs[name] = cfg.build(cls, values, name)
-    jobs = [Job(preset.name, d, s, m, seed, dataclasses.replace(configs[m], seed=seed),
+    preset_datasets = tuple(resolve_datasets(preset.datasets or EMBEDDED, ws))
+    jobs = [Job(preset.name, d, s, m, seed,
+                classes[m].job_config(dataclasses.replace(configs[m], seed=seed), d, preset_datasets),
                 registry[m] if registry[m] != m else "")
             for d in dataset_names for s, only in zip(splits, split_models) for m in model_names
             if only is None or m in only for seed in seed_list]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 
 
 @contextlib.contextmanager
@@ -37,11 +36,3 @@ def seed_torch(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def padded_histories(split, users: np.ndarray, history, max_len: int) -> np.ndarray:
-    """`bench.data.sequences.padded_histories`, where it lives now; kept importable from here for
-    baselines/recmind.py (rewritten elsewhere: it should import bench.data.sequences)."""
-    from bench.data.sequences import padded_histories as padded
-
-    return padded(split, users, history, max_len)
