@@ -35,10 +35,14 @@ CASES = {
     "remap-sparse-chunked": ({"seed": 5, "n_cats": 40}, {},
                              {"_SCRATCH_ENTRIES": 1 << 10, "_REMAP_ROWS": 37, "_MAX_TABLE_CLASSES": 1,
                               "_DIVERSITY_ROWS": 97, "_PWKT_BLOCK": 64}),
+    "float32-jaccard": ({"seed": 6, "n_cats": 30}, {"diversity_k": 40}, {"_MAX_JACCARD_CODES": 0}),
+    "float32-jaccard-dense": ({"seed": 7, "n_cats": 6}, {}, {"_MAX_JACCARD_CODES": 0}),
+    "large-sets": ({"seed": 8, "n_cats": 60, "max_item_cats": 25}, {}, {}),
 }
 
 
-def pinned_case(seed, n_users=500, n_items=800, width=100, n_cats=12, vectors=False, implicit=False):
+def pinned_case(seed, n_users=500, n_items=800, width=100, n_cats=12, max_item_cats=6, vectors=False,
+                implicit=False):
     """Random (recs, users, GroundTruth) with holes, duplicates, history inside the lists,
     users without lists, users without positives, tied and missing ratings."""
     rng = np.random.default_rng(seed)
@@ -62,7 +66,7 @@ def pinned_case(seed, n_users=500, n_items=800, width=100, n_cats=12, vectors=Fa
     recs[rng.random(recs.shape) < 0.05] = -1
     short = rng.random(len(users)) < 0.2  # lists that end early
     recs[short[:, None] & (np.arange(width) >= rng.integers(0, width, len(users))[:, None])] = -1
-    n_item_cats = rng.integers(0, 7, n_items)
+    n_item_cats = rng.integers(0, max_item_cats + 1, n_items)
     cat_rows = np.repeat(np.arange(n_items), n_item_cats)
     categories = sp.csr_matrix((np.ones(len(cat_rows)), (cat_rows, rng.integers(0, n_cats, len(cat_rows)))),
                                shape=(n_items, n_cats))
@@ -79,7 +83,7 @@ def pinned_case(seed, n_users=500, n_items=800, width=100, n_cats=12, vectors=Fa
 
 def run_case(name):
     case_args, eval_args, constants = CASES[name]
-    saved = {k: getattr(ev, k) for k in constants}
+    saved = {k: getattr(ev, k, None) for k in constants}
     try:
         for k, v in constants.items():
             setattr(ev, k, v)
