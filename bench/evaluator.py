@@ -44,12 +44,13 @@ logger = logging.getLogger(__name__)
 SIMILARITIES = ("category", "text")
 
 # Size (entries) of the scratch table used to find history items, duplicates and held-out
-# items in the lists: one chunk of rows * n_items. 2**20 int32 (4 MiB) measured fastest on
-# the benchmark (tests/benchmarks/test_bench_evaluator.py): smaller chunks pay Python
-# overhead per chunk, larger ones miss the cache. Catalogues too large for at least
+# items in the lists: one chunk of rows * (n_items + 1). 2**19 int32 (2 MiB, the L2 cache of
+# one core of the dev machine) measured fastest on the benchmark
+# (tests/benchmarks/test_bench_evaluator.py; 2**17..2**21 within 20%): smaller chunks pay
+# Python overhead per chunk, larger ones miss the cache. Catalogues too large for at least
 # _MIN_DIRECT_ROWS rows per chunk switch to "remap" mode: the items of each chunk of
 # _REMAP_ROWS rows are renumbered densely first (np.unique), then the same trick runs.
-_SCRATCH_ENTRIES = 1 << 20
+_SCRATCH_ENTRIES = 1 << 19
 _MIN_DIRECT_ROWS = 16
 _REMAP_ROWS = 64
 # The category-ild fast path keeps a dense n_classes^2 float32 Jaccard table, where a
@@ -311,13 +312,14 @@ def _scan_lists(lists: np.ndarray, history: sp.csr_matrix, gold: _Golden | None,
     aligned likewise (or None). Returns keep (R, W) bool (a real item, not in history, first
     occurrence in its row) and, with gold, _Hits whose pos is the 1-based RAW position.
 
-    A chunk of rows is mapped onto a flat scratch table indexed by (row, item). The list
-    positions are written in reverse, so that when an item repeats its first position is the
-    one left behind, then history items overwrite with a "seen" mark. Reading the table back
-    at each slot tells "seen" and "duplicate" at once, and reading it at each held-out item
-    gives its position without scanning the lists again. Values carry a per-chunk base, so
-    entries left over from earlier chunks read as negative and the table is never reset:
-    the cost is linear in the data, not in rows * n_items.
+    A chunk of rows is mapped onto a flat scratch table indexed by (row, 1 + item); column 0
+    of each row takes the empty slots (-1). The list positions are written in reverse, so
+    that when an item repeats its first position is the one left behind, then history items
+    and the empty column overwrite with a "seen" mark. Reading the table back at each slot
+    tells "seen", "empty" and "duplicate" at once, and reading it at each held-out item gives
+    its position without scanning the lists again. Values carry a per-chunk base, so entries
+    left over from earlier chunks read as negative and the table is never reset: the cost is
+    linear in the data, not in rows * n_items.
     """
     R, W = lists.shape
     keep = np.zeros((R, W), dtype=bool)
@@ -327,45 +329,49 @@ def _scan_lists(lists: np.ndarray, history: sp.csr_matrix, gold: _Golden | None,
     history.eliminate_zeros()  # stored zeros are not "seen"
     h_row = np.repeat(np.arange(R), np.diff(history.indptr))
     direct = n_items * _MIN_DIRECT_ROWS <= _SCRATCH_ENTRIES
-    step = min(R, max(1, _SCRATCH_ENTRIES // max(n_items, 1))) if direct else _REMAP_ROWS
+    step = min(R, max(1, _SCRATCH_ENTRIES // max(n_items, 1))) if direct else min(R, _REMAP_ROWS)
+    dtype = np.int64 if (R // step + 2) * (W + 1) >= 2**31 else np.int32
+    # Written values in reverse slot order (W..1 per row, last row first), so the scatter
+    # below reads its keys and values front to back: numpy's fast path, no casting.
+    rpos = np.tile(np.arange(W, 0, -1, dtype=dtype), step)
     if direct:
-        table = np.zeros(step * n_items + 1, np.int64 if (R // step + 2) * (W + 1) >= 2**31 else np.int32)
-    pos = np.tile(np.arange(1, W + 1), step)
+        width = n_items + 1
+        table = np.zeros(step * width, dtype)
+        h_key = (h_row % step) * width + history.indices + 1  # keys of every chunk, in one pass
+        t_key = (gold.row % step) * width + gold.item + 1 if gold is not None else None
     base = 0
     for a in range(0, R, step):
         b = min(R, a + step)
         block = lists[a:b]
-        valid = block >= 0
         hs, he = history.indptr[a], history.indptr[b]
-        h_items, h_local_row = history.indices[hs:he].astype(np.int64), h_row[hs:he] - a
         if gold is not None:
             ts, te = gold.ptr[a], gold.ptr[b]
-            t_items, t_local_row = gold.item[ts:te], gold.row[ts:te] - a
         if direct:
-            width, local, h_local, t_local = n_items, block, h_items, t_items if gold is not None else None
+            local, h_keys = block, h_key[hs:he]
+            t_keys = t_key[ts:te] if gold is not None else None
             base += W + 1
         else:
             # Renumber this chunk's items 0..m-1 so the scratch table stays small.
-            parts = [block[valid], h_items] + ([t_items] if gold is not None else [])
+            valid = block >= 0
+            parts = [block[valid], history.indices[hs:he]] + ([gold.item[ts:te]] if gold is not None else [])
             uniq, inverse = np.unique(np.concatenate(parts), return_inverse=True)
-            width = max(len(uniq), 1)
-            n_valid, n_hist = int(valid.sum()), len(h_items)
+            width = len(uniq) + 1
+            n_valid, n_hist = int(valid.sum()), he - hs
             local = np.full(block.shape, -1, dtype=np.int64)
             local[valid] = inverse[:n_valid]
-            h_local = inverse[n_valid:n_valid + n_hist]
-            t_local = inverse[n_valid + n_hist:] if gold is not None else None
-            table = np.zeros((b - a) * width + 1, np.int64)
+            h_keys = (h_row[hs:he] - a) * width + inverse[n_valid:n_valid + n_hist] + 1
+            t_keys = (gold.row[ts:te] - a) * width + inverse[n_valid + n_hist:] + 1 if gold is not None else None
+            table = np.zeros((b - a) * width, dtype)
             base = W + 1
-        sink = len(table) - 1  # empty slots all point here; `valid` masks them out
-        keys = (np.arange(b - a)[:, None] * width + local).ravel()
-        if not valid.all():
-            keys[~valid.ravel()] = sink
-        p = pos[:keys.size]
-        table[keys[::-1]] = base + p[::-1]  # repeated keys: the last write wins = the first position
-        table[h_local_row * width + h_local] = base  # "seen": position 0
-        keep[a:b] = valid & (table[keys].reshape(b - a, W) == base + pos[:W])
+        row_start = np.arange(b - a - 1, -1, -1) * width  # local rows, last first
+        keys = (row_start[:, None] + 1 + local[::-1, ::-1]).ravel()  # reverse slot order
+        written = rpos[:keys.size] + dtype(base)
+        table[keys] = written  # repeated keys: the last write wins = the first position
+        table[row_start] = base  # empty slots and history items: "seen" (position 0)
+        table[h_keys] = base
+        keep[a:b] = (table.take(keys) == written).reshape(b - a, W)[::-1, ::-1]
         if gold is not None:
-            at = table[t_local_row * width + t_local] - base  # 1..W in the list, else <= 0
+            at = table.take(t_keys) - base  # 1..W in the list, else <= 0
             hit = at > 0
             found.append((ts + np.flatnonzero(hit), at[hit]))
     if gold is None:
