@@ -401,10 +401,12 @@ def _compact(values: np.ndarray, keep: np.ndarray, width: int, shifted=None) -> 
     w = min(W, width)
     out[:, :w] = np.where(keep[:, :w], values[:, :w], -1)
     if len(rows):
+        # The first `width` kept slots of a row are those where its running count is <= width;
+        # the count is also their 1-based column in the output. Flat indices: one scatter.
         sel = keep[rows] & (count <= width)
-        r, c = np.nonzero(sel)
-        out[rows] = -1
-        out[rows[r], count[r, c] - 1] = values[rows[r], c]
+        part = np.full((len(rows), width), -1, dtype=np.int64)
+        part.ravel()[(count + (np.arange(len(rows)) * width - 1)[:, None])[sel]] = values[rows][sel]
+        out[rows] = part
     return out
 
 
