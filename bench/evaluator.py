@@ -130,14 +130,22 @@ def clean_lists(recs: np.ndarray, users: np.ndarray, history: sp.spmatrix) -> np
 
 
 def evaluate(recs: np.ndarray, users: np.ndarray, truth: GroundTruth, *, ks: Sequence[int] = (20, 40, 100),
-             ranked_k: int = 100, diversity_k: int = 20, similarity: str = "category") -> Evaluation:
+             ranked_k: int = 100, diversity_k: int = 20, similarity: str = "category",
+             metrics: Sequence[str] | None = None) -> Evaluation:
     """Score ranked lists against one split, following docs/metrics.md exactly.
 
     recs (R, W) int item indices best first (-1 = empty; W may be shorter or longer than the
     cutoffs), users (R,) int distinct user indices. Returns an Evaluation whose metrics are
-    named as in `metric_names(ks, diversity_k)`.
+    named as in `metric_names(ks, diversity_k)`; with `metrics`, only those (a subset of
+    these names, e.g. ["ndcg@20"] for early stopping), and only their work is done.
     """
     ks = _check_ks(ks)
+    names = metric_names(ks, diversity_k)
+    if metrics is not None:
+        unknown = sorted(set(metrics) - set(names))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; with these cutoffs the metrics are {names}")
+        names = [name for name in names if name in set(metrics)]
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, not {similarity!r}")
     if int(ranked_k) < 1 or int(diversity_k) < 1:
@@ -179,21 +187,26 @@ def evaluate(recs: np.ndarray, users: np.ndarray, truth: GroundTruth, *, ks: Seq
         hits.pos[moved] = count_s[where[hits.row[moved]], hits.pos[moved] - 1]
 
     values: dict[str, np.ndarray | None] = {}
-    values.update(_accuracy(hits, gold.n_pos, ks))
-    values.update(_ranked(hits, gold.n_pos, ranked_k))
-    top = _compact(lists, keep, diversity_k, shifted)  # (n, diversity_k) L@K for diversity
-    ild = entropy = None
-    if truth.item_categories is not None:
-        cats = _Categories(truth.item_categories, n_items)
-        entropy = cats.entropy(top)
-        if similarity == "category":
-            ild = cats.ild(top)
-    if similarity == "text" and truth.item_vectors is not None:
-        ild = _text_ild(top, truth.item_vectors, n_items)
-    values[f"ild@{diversity_k}"] = ild
-    values[f"entropy@{diversity_k}"] = entropy
+    wanted = set(names)
+    accuracy_ks = tuple(k for k in ks if {f"recall@{k}", f"recall_mvae@{k}", f"ndcg@{k}"} & wanted)
+    if accuracy_ks:
+        values.update(_accuracy(hits, gold.n_pos, accuracy_ks))
+    if {"was", "dpa", "wmrd", "pwkt"} & wanted:
+        values.update(_ranked(hits, gold.n_pos, ranked_k))
+    ild_name, entropy_name = f"ild@{diversity_k}", f"entropy@{diversity_k}"
+    if {ild_name, entropy_name} & wanted:
+        top = _compact(lists, keep, diversity_k, shifted)  # (n, diversity_k) L@K for diversity
+        ild = entropy = None
+        if truth.item_categories is not None:
+            cats = _Categories(truth.item_categories, n_items)
+            entropy = cats.entropy(top) if entropy_name in wanted else None
+            if similarity == "category" and ild_name in wanted:
+                ild = cats.ild(top)
+        if similarity == "text" and truth.item_vectors is not None and ild_name in wanted:
+            ild = _text_ild(top, truth.item_vectors, n_items)
+        values[ild_name] = ild
+        values[entropy_name] = entropy
 
-    names = metric_names(ks, diversity_k)
     per_user = pd.DataFrame({"user": gold.users})
     metrics: dict[str, float | None] = {}
     for name in names:

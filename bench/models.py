@@ -100,10 +100,11 @@ MODELS.register("pagellm-sft", "pagellm.model:PageLLMSFT", family="pagellm", gpu
 
 def validate(model: Model, split, metric: str = "ndcg@20") -> float:
     """`metric` of `model` on the validation split, through the one evaluator and the same
-    history masking as the final scoring. For early stopping and model selection."""
+    history masking as the final scoring; the evaluator computes that metric alone. For early
+    stopping and model selection."""
     from bench.runner import evaluate_split
 
     k = int(metric.rsplit("@", 1)[1]) if "@" in metric else 100
-    evaluation, _, _ = evaluate_split(model, split, "valid", topk=max(k, 20), ks=(k,))
+    evaluation, _, _ = evaluate_split(model, split, "valid", topk=max(k, 20), ks=(k,), metrics=[metric])
     value = evaluation.metrics[metric]
     return float("nan") if value is None else float(value)

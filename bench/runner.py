@@ -227,13 +227,14 @@ def _require_finite_scores(scores: np.ndarray, model: Model) -> None:
                          "(`bench ls --model NAME` lists them)")
 
 
-def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...]):
+def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...], metrics=None):
+    """(Evaluation, users, recs) of `model` on `part`; `metrics` as in `bench.evaluator.evaluate`."""
     from bench.evaluator import evaluate
 
     truth = split.ground_truth(part)
     users = np.unique(getattr(split, part)["user"].to_numpy())
     recs = top_k(model, users, truth.history, topk)
-    return evaluate(recs, users, truth, ks=ks), users, recs
+    return evaluate(recs, users, truth, ks=ks, metrics=metrics), users, recs
 
 
 def run_job(job: Job, preset: cfg.Preset, ws: Workspace, *, overwrite: bool = False, download: bool = False,

@@ -106,6 +106,23 @@ def test_evaluator_outputs_pinned(name):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["few-categories", "text"])
+def test_chosen_metrics_alone_give_the_same_values(name):
+    # Early stopping asks for one metric (bench.models.validate): it must equal the full run's.
+    case_args, eval_args, _ = CASES[name]
+    recs, users, truth = pinned_case(**case_args)
+    full = evaluate(recs, users, truth, **eval_args)
+    for metric in full.metrics:
+        alone = evaluate(recs, users, truth, **eval_args, metrics=[metric])
+        assert list(alone.metrics) == [metric] and alone.per_user.columns.tolist() == ["user", metric]
+        assert alone.metrics[metric] == full.metrics[metric]
+        np.testing.assert_array_equal(alone.per_user[metric].to_numpy(), full.per_user[metric].to_numpy())
+    pair = evaluate(recs, users, truth, **eval_args, metrics=["pwkt", "recall@20"])
+    assert list(pair.metrics) == ["recall@20", "pwkt"]  # in metric_names order
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluate(recs, users, truth, **eval_args, metrics=["ndcg@10"])
+
+
 if __name__ == "__main__":
     arrays = {}
     for name in CASES:
