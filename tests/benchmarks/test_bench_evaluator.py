@@ -30,7 +30,7 @@ pytestmark = pytest.mark.benchmark
 
 N_USERS, N_ITEMS, N_CATS, TOP, N_TEST, N_HIST = 100_000, 5_000, 50, 100, 5, 20
 BUDGET_S = 1.0
-REFERENCE_S = 0.085  # the reference's CPU time on the dev machine (docs/performance.md)
+REFERENCE_S = 0.076  # the reference's CPU time on the dev machine (docs/performance.md)
 
 
 def make_case(seed: int = 0, n_users: int = N_USERS, n_items: int = N_ITEMS):
