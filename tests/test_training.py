@@ -51,3 +51,20 @@ def test_valid_every_always_validates_the_last_epoch(monkeypatch):
 def test_valid_every_must_be_positive(monkeypatch):
     with pytest.raises(ValueError, match="valid_every"):
         run(monkeypatch, [0.1], epochs=3, patience=1, valid_every=0)
+
+
+def test_validation_share_script_measures_a_model(tmp_path):
+    # scripts/validation_share.py (docs/performance.md): one row per model, validations counted.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "scripts" / "validation_share.py"), "--root", str(tmp_path),
+                          "--models", "md-cvae", "--epochs", "2", "--set", "md-cvae.content_pretrain_epochs=0"],
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cells = [c.strip() for c in out.stdout.strip().splitlines()[-1].strip("|").split("|")]
+    assert cells[:3] == ["md-cvae", "2", "2"] and cells[5].endswith("%")
