@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,12 +132,15 @@ class RecBoleModel(Model):
             trainer_class = _select_trainer(get_trainer(self.rb_config["MODEL_TYPE"], self.recbole_name))
             trainer = trainer_class(self.rb_config, self.model, self, split, config.valid_metric)
             trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
+        self.timings = trainer.timings
         if trainer.best_state is not None:
             self.model.load_state_dict(trainer.best_state)
         self.model.eval()
         self.info.update({"best_valid": trainer.best_value, "valid_metric": config.valid_metric,
                           "best_epoch": trainer.best_epoch, "epochs_run": trainer.epochs_run,
                           "train_loss_last": trainer.last_loss,
+                          "train_seconds_per_epoch": _mean_wall(trainer.timings["train"]),
+                          "valid_seconds_per_validation": _mean_wall(trainer.timings["valid"]),
                           "n_parameters": int(sum(p.numel() for p in self.model.parameters()))})
 
     def _pretrain_s3rec(self, train_data, config: RecBoleConfig) -> Path:
@@ -232,6 +236,8 @@ def _select_trainer(base):
             self.best_state, self.best_value, self.best_epoch = None, float("-inf"), -1
             self.epochs_run, self.last_loss = 0, None
             self._last_value = float("-inf")
+            # (wall, CPU) seconds of each training epoch and each validation (docs/performance.md)
+            self.timings: dict[str, list[tuple[float, float]]] = {"train": [], "valid": []}
 
         def fit(self, train_data, valid_data=None, *args, **kwargs):
             # One bar of epochs with the loss and our validation metric (RecBole's own, per batch, stay off).
@@ -242,7 +248,9 @@ def _select_trainer(base):
                 self.bar.close()
 
         def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+            start = (time.perf_counter(), time.process_time())
             loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+            self.timings["train"].append((time.perf_counter() - start[0], time.process_time() - start[1]))
             self.epochs_run = epoch_idx + 1
             self.last_loss = float(sum(loss) if isinstance(loss, tuple) else loss)
             self.bar.update()
@@ -250,7 +258,9 @@ def _select_trainer(base):
             return loss
 
         def _valid_epoch(self, valid_data, show_progress=False):
+            start = (time.perf_counter(), time.process_time())
             value = validate(self.adapter, self.split, self.metric)
+            self.timings["valid"].append((time.perf_counter() - start[0], time.process_time() - start[1]))
             self._last_value = value
             # RecBole's early_stopping counts a tie as an improvement (`value >= best`: it keeps
             # the LAST of equal scores and restarts its patience). Every other model here keeps
@@ -268,6 +278,10 @@ def _select_trainer(base):
             self.best_epoch, self.best_value = epoch, self._last_value
 
     return ValidatedTrainer
+
+
+def _mean_wall(timings: list[tuple[float, float]]) -> float | None:
+    return round(float(np.mean([wall for wall, _ in timings])), 3) if timings else None
 
 
 def _recbole_class(name: str):

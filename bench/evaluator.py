@@ -44,19 +44,24 @@ logger = logging.getLogger(__name__)
 SIMILARITIES = ("category", "text")
 
 # Size (entries) of the scratch table used to find history items, duplicates and held-out
-# items in the lists: one chunk of rows * n_items. 2**20 int32 (4 MiB) measured fastest on
-# the benchmark (tests/benchmarks/test_bench_evaluator.py): smaller chunks pay Python
-# overhead per chunk, larger ones miss the cache. Catalogues too large for at least
+# items in the lists: one chunk of rows * (n_items + 1). 2**19 int32 (2 MiB, the L2 cache of
+# one core of the dev machine) measured fastest on the benchmark
+# (tests/benchmarks/test_bench_evaluator.py; 2**17..2**21 within 20%): smaller chunks pay
+# Python overhead per chunk, larger ones miss the cache. Catalogues too large for at least
 # _MIN_DIRECT_ROWS rows per chunk switch to "remap" mode: the items of each chunk of
 # _REMAP_ROWS rows are renumbered densely first (np.unique), then the same trick runs.
-_SCRATCH_ENTRIES = 1 << 20
+_SCRATCH_ENTRIES = 1 << 19
 _MIN_DIRECT_ROWS = 16
 _REMAP_ROWS = 64
-# The category-ild fast path keeps a dense n_classes^2 float32 Jaccard table, where a
-# class is a distinct category set found on the lists (6000 -> 144 MB). Above this many
+# The category-ild fast path keeps a dense n_classes^2 table of Jaccard codes (uint8/uint16;
+# float32 for huge category sets), where a class is a distinct category set found on the
+# lists (6000 -> 36 MB in uint8, 144 MB in float32). Above this many
 # it switches to a chunked sparse block-Gram computation, whose memory does not grow
 # with the catalogue.
 _MAX_TABLE_CLASSES = 6000
+# The table holds codes (uint8/uint16) instead of float32 Jaccard when the category sets are
+# small enough for this many distinct (intersection, sizes) codes (sets of up to 180).
+_MAX_JACCARD_CODES = 1 << 16
 # Rows per chunk for the diversity metrics and elements per pwkt broadcast block.
 _DIVERSITY_ROWS = 20_000
 _PWKT_BLOCK = 1 << 20
@@ -125,14 +130,22 @@ def clean_lists(recs: np.ndarray, users: np.ndarray, history: sp.spmatrix) -> np
 
 
 def evaluate(recs: np.ndarray, users: np.ndarray, truth: GroundTruth, *, ks: Sequence[int] = (20, 40, 100),
-             ranked_k: int = 100, diversity_k: int = 20, similarity: str = "category") -> Evaluation:
+             ranked_k: int = 100, diversity_k: int = 20, similarity: str = "category",
+             metrics: Sequence[str] | None = None) -> Evaluation:
     """Score ranked lists against one split, following docs/metrics.md exactly.
 
     recs (R, W) int item indices best first (-1 = empty; W may be shorter or longer than the
     cutoffs), users (R,) int distinct user indices. Returns an Evaluation whose metrics are
-    named as in `metric_names(ks, diversity_k)`.
+    named as in `metric_names(ks, diversity_k)`; with `metrics`, only those (a subset of
+    these names, e.g. ["ndcg@20"] for early stopping), and only their work is done.
     """
     ks = _check_ks(ks)
+    names = metric_names(ks, diversity_k)
+    if metrics is not None:
+        unknown = sorted(set(metrics) - set(names))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; with these cutoffs the metrics are {names}")
+        names = [name for name in names if name in set(metrics)]
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, not {similarity!r}")
     if int(ranked_k) < 1 or int(diversity_k) < 1:
@@ -174,21 +187,26 @@ def evaluate(recs: np.ndarray, users: np.ndarray, truth: GroundTruth, *, ks: Seq
         hits.pos[moved] = count_s[where[hits.row[moved]], hits.pos[moved] - 1]
 
     values: dict[str, np.ndarray | None] = {}
-    values.update(_accuracy(hits, gold.n_pos, ks))
-    values.update(_ranked(hits, gold.n_pos, ranked_k))
-    top = _compact(lists, keep, diversity_k, shifted)  # (n, diversity_k) L@K for diversity
-    ild = entropy = None
-    if truth.item_categories is not None:
-        cats = _Categories(truth.item_categories, n_items)
-        entropy = cats.entropy(top)
-        if similarity == "category":
-            ild = cats.ild(top)
-    if similarity == "text" and truth.item_vectors is not None:
-        ild = _text_ild(top, truth.item_vectors, n_items)
-    values[f"ild@{diversity_k}"] = ild
-    values[f"entropy@{diversity_k}"] = entropy
+    wanted = set(names)
+    accuracy_ks = tuple(k for k in ks if {f"recall@{k}", f"recall_mvae@{k}", f"ndcg@{k}"} & wanted)
+    if accuracy_ks:
+        values.update(_accuracy(hits, gold.n_pos, accuracy_ks))
+    if {"was", "dpa", "wmrd", "pwkt"} & wanted:
+        values.update(_ranked(hits, gold.n_pos, ranked_k))
+    ild_name, entropy_name = f"ild@{diversity_k}", f"entropy@{diversity_k}"
+    if {ild_name, entropy_name} & wanted:
+        top = _compact(lists, keep, diversity_k, shifted)  # (n, diversity_k) L@K for diversity
+        ild = entropy = None
+        if truth.item_categories is not None:
+            cats = _Categories(truth.item_categories, n_items)
+            entropy = cats.entropy(top) if entropy_name in wanted else None
+            if similarity == "category" and ild_name in wanted:
+                ild = cats.ild(top)
+        if similarity == "text" and truth.item_vectors is not None and ild_name in wanted:
+            ild = _text_ild(top, truth.item_vectors, n_items)
+        values[ild_name] = ild
+        values[entropy_name] = entropy
 
-    names = metric_names(ks, diversity_k)
     per_user = pd.DataFrame({"user": gold.users})
     metrics: dict[str, float | None] = {}
     for name in names:
@@ -311,13 +329,14 @@ def _scan_lists(lists: np.ndarray, history: sp.csr_matrix, gold: _Golden | None,
     aligned likewise (or None). Returns keep (R, W) bool (a real item, not in history, first
     occurrence in its row) and, with gold, _Hits whose pos is the 1-based RAW position.
 
-    A chunk of rows is mapped onto a flat scratch table indexed by (row, item). The list
-    positions are written in reverse, so that when an item repeats its first position is the
-    one left behind, then history items overwrite with a "seen" mark. Reading the table back
-    at each slot tells "seen" and "duplicate" at once, and reading it at each held-out item
-    gives its position without scanning the lists again. Values carry a per-chunk base, so
-    entries left over from earlier chunks read as negative and the table is never reset:
-    the cost is linear in the data, not in rows * n_items.
+    A chunk of rows is mapped onto a flat scratch table indexed by (row, 1 + item); column 0
+    of each row takes the empty slots (-1). The list positions are written in reverse, so
+    that when an item repeats its first position is the one left behind, then history items
+    and the empty column overwrite with a "seen" mark. Reading the table back at each slot
+    tells "seen", "empty" and "duplicate" at once, and reading it at each held-out item gives
+    its position without scanning the lists again. Values carry a per-chunk base, so entries
+    left over from earlier chunks read as negative and the table is never reset: the cost is
+    linear in the data, not in rows * n_items.
     """
     R, W = lists.shape
     keep = np.zeros((R, W), dtype=bool)
@@ -327,45 +346,49 @@ def _scan_lists(lists: np.ndarray, history: sp.csr_matrix, gold: _Golden | None,
     history.eliminate_zeros()  # stored zeros are not "seen"
     h_row = np.repeat(np.arange(R), np.diff(history.indptr))
     direct = n_items * _MIN_DIRECT_ROWS <= _SCRATCH_ENTRIES
-    step = min(R, max(1, _SCRATCH_ENTRIES // max(n_items, 1))) if direct else _REMAP_ROWS
+    step = min(R, max(1, _SCRATCH_ENTRIES // max(n_items, 1))) if direct else min(R, _REMAP_ROWS)
+    dtype = np.int64 if (R // step + 2) * (W + 1) >= 2**31 else np.int32
+    # Written values in reverse slot order (W..1 per row, last row first), so the scatter
+    # below reads its keys and values front to back: numpy's fast path, no casting.
+    rpos = np.tile(np.arange(W, 0, -1, dtype=dtype), step)
     if direct:
-        table = np.zeros(step * n_items + 1, np.int64 if (R // step + 2) * (W + 1) >= 2**31 else np.int32)
-    pos = np.tile(np.arange(1, W + 1), step)
+        width = n_items + 1
+        table = np.zeros(step * width, dtype)
+        h_key = (h_row % step) * width + history.indices + 1  # keys of every chunk, in one pass
+        t_key = (gold.row % step) * width + gold.item + 1 if gold is not None else None
     base = 0
     for a in range(0, R, step):
         b = min(R, a + step)
         block = lists[a:b]
-        valid = block >= 0
         hs, he = history.indptr[a], history.indptr[b]
-        h_items, h_local_row = history.indices[hs:he].astype(np.int64), h_row[hs:he] - a
         if gold is not None:
             ts, te = gold.ptr[a], gold.ptr[b]
-            t_items, t_local_row = gold.item[ts:te], gold.row[ts:te] - a
         if direct:
-            width, local, h_local, t_local = n_items, block, h_items, t_items if gold is not None else None
+            local, h_keys = block, h_key[hs:he]
+            t_keys = t_key[ts:te] if gold is not None else None
             base += W + 1
         else:
             # Renumber this chunk's items 0..m-1 so the scratch table stays small.
-            parts = [block[valid], h_items] + ([t_items] if gold is not None else [])
+            valid = block >= 0
+            parts = [block[valid], history.indices[hs:he]] + ([gold.item[ts:te]] if gold is not None else [])
             uniq, inverse = np.unique(np.concatenate(parts), return_inverse=True)
-            width = max(len(uniq), 1)
-            n_valid, n_hist = int(valid.sum()), len(h_items)
+            width = len(uniq) + 1
+            n_valid, n_hist = int(valid.sum()), he - hs
             local = np.full(block.shape, -1, dtype=np.int64)
             local[valid] = inverse[:n_valid]
-            h_local = inverse[n_valid:n_valid + n_hist]
-            t_local = inverse[n_valid + n_hist:] if gold is not None else None
-            table = np.zeros((b - a) * width + 1, np.int64)
+            h_keys = (h_row[hs:he] - a) * width + inverse[n_valid:n_valid + n_hist] + 1
+            t_keys = (gold.row[ts:te] - a) * width + inverse[n_valid + n_hist:] + 1 if gold is not None else None
+            table = np.zeros((b - a) * width, dtype)
             base = W + 1
-        sink = len(table) - 1  # empty slots all point here; `valid` masks them out
-        keys = (np.arange(b - a)[:, None] * width + local).ravel()
-        if not valid.all():
-            keys[~valid.ravel()] = sink
-        p = pos[:keys.size]
-        table[keys[::-1]] = base + p[::-1]  # repeated keys: the last write wins = the first position
-        table[h_local_row * width + h_local] = base  # "seen": position 0
-        keep[a:b] = valid & (table[keys].reshape(b - a, W) == base + pos[:W])
+        row_start = np.arange(b - a - 1, -1, -1) * width  # local rows, last first
+        keys = (row_start[:, None] + 1 + local[::-1, ::-1]).ravel()  # reverse slot order
+        written = rpos[:keys.size] + dtype(base)
+        table[keys] = written  # repeated keys: the last write wins = the first position
+        table[row_start] = base  # empty slots and history items: "seen" (position 0)
+        table[h_keys] = base
+        keep[a:b] = (table.take(keys) == written).reshape(b - a, W)[::-1, ::-1]
         if gold is not None:
-            at = table[t_local_row * width + t_local] - base  # 1..W in the list, else <= 0
+            at = table.take(t_keys) - base  # 1..W in the list, else <= 0
             hit = at > 0
             found.append((ts + np.flatnonzero(hit), at[hit]))
     if gold is None:
@@ -395,10 +418,12 @@ def _compact(values: np.ndarray, keep: np.ndarray, width: int, shifted=None) -> 
     w = min(W, width)
     out[:, :w] = np.where(keep[:, :w], values[:, :w], -1)
     if len(rows):
+        # The first `width` kept slots of a row are those where its running count is <= width;
+        # the count is also their 1-based column in the output. Flat indices: one scatter.
         sel = keep[rows] & (count <= width)
-        r, c = np.nonzero(sel)
-        out[rows] = -1
-        out[rows[r], count[r, c] - 1] = values[rows[r], c]
+        part = np.full((len(rows), width), -1, dtype=np.int64)
+        part.ravel()[(count + (np.arange(len(rows)) * width - 1)[:, None])[sel]] = values[rows][sel]
+        out[rows] = part
     return out
 
 
@@ -515,26 +540,56 @@ class _Categories:
             self._classes = (cls.reshape(-1), first)
         return self._classes
 
-    def _jaccard_table(self, members: np.ndarray) -> np.ndarray:
-        """(c, c) float32 Jaccard between the category sets of the items `members` (c,).
+    def _jaccard_table(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Jaccard between the category sets of the items `members` (c,), as (table, values).
 
-        One BLAS product of the dense member-category matrix when it is small, else a sparse one.
+        Jaccard is |a∩b| / |a∪b| in float32 (exact for these small integers up to the final
+        rounding). When every set is small, the (c, c) table holds a uint8/uint16 code per pair,
+        |a∩b| * (2 M + 1) + |a| + |b| with M the largest set, and values (n_codes,) float32 maps
+        a code to its Jaccard: the same numbers as a float32 table, from a table 2-4 times
+        smaller, so the random lookups in ild miss the cache less. Otherwise table is the
+        (c, c) float32 Jaccard itself and values is None.
+
+        The intersections come from a sparse product when few pairs share a category (its
+        work, Σ over categories of members², is below c²), else from one BLAS product of the
+        dense member-category matrix (real catalogues: a root category shared by every item).
         """
         rows = self.matrix[members]
         c = len(members)
-        if c * rows.shape[1] <= 1 << 24:
+        s = self.size[members]
+        big = int(s.max()) if c else 0
+        base = 2 * big + 1
+        n_codes = (big + 1) * base
+        per_category = np.bincount(rows.indices, minlength=rows.shape[1]).astype(np.float64)
+        sparse_work = float(per_category @ per_category) < float(c) * c
+        if n_codes <= _MAX_JACCARD_CODES:
+            k = np.arange(n_codes)
+            i, t = (k // base).astype(np.float32), (k % base).astype(np.float32)
+            # The union is 0 only for two empty sets, whose intersection 0 stays 0.
+            values = i / np.maximum(t - i, np.float32(1.0))
+            code_type = np.uint8 if n_codes <= 1 << 8 else np.uint16
+            if sparse_work:
+                table = s.astype(code_type)[:, None] + s.astype(code_type)[None, :]
+                gram = rows @ rows.T  # (c, c) CSR: the pairs that share a category, no repeats
+                at = np.repeat(np.arange(c) * c, np.diff(gram.indptr)) + gram.indices
+                table.ravel()[at] += (gram.data * base).astype(code_type)
+                return table, values
+        if c * rows.shape[1] <= 1 << 24 and not sparse_work:
             dense = rows.toarray().astype(np.float32)  # counts are exact in float32
-            table = dense @ dense.T
+            inter = dense @ dense.T
         else:
-            table = (rows @ rows.T).toarray().astype(np.float32)
-        s = self.size[members].astype(np.float32)
-        # Intersection -> Jaccard in place, a band of rows at a time (cache-sized temporaries);
-        # the union is 0 only for two empty sets, whose intersection 0 stays 0.
-        band = max(1, (1 << 16) // max(c, 1))
-        for a in range(0, c, band):
-            inter = table[a:a + band]
-            inter /= np.maximum(s[a:a + band, None] + s[None, :] - inter, 1.0)
-        return table
+            inter = (rows @ rows.T).toarray().astype(np.float32)
+        sf = s.astype(np.float32)
+        band = max(1, (1 << 16) // max(c, 1))  # cache-sized temporaries, a band of rows at a time
+        if n_codes <= _MAX_JACCARD_CODES:
+            table = np.empty((c, c), code_type)
+            for a in range(0, c, band):  # exact: every term is an integer below 2^24
+                table[a:a + band] = inter[a:a + band] * base + (sf[a:a + band, None] + sf[None, :])
+            return table, values
+        for a in range(0, c, band):  # intersection -> Jaccard in place
+            part = inter[a:a + band]
+            part /= np.maximum(sf[a:a + band, None] + sf[None, :] - part, 1.0)
+        return inter, None
 
     def ild(self, top: np.ndarray) -> np.ndarray:
         """(n,) 1 - mean Jaccard over ordered pairs of distinct items of each row of top (n, K)."""
@@ -549,9 +604,9 @@ class _Categories:
         used = used[np.argsort(-freq[used], kind="stable")]
         total = np.zeros(n)
         if len(used) <= _MAX_TABLE_CLASSES:
-            table = self._jaccard_table(first[used]).ravel()
-            # int32 indices halve the memory traffic of the index arrays (width^2 < 2^31 here)
-            local = np.empty(len(first), dtype=np.int32)
+            table, values = self._jaccard_table(first[used])
+            table = table.ravel()
+            local = np.empty(len(first), dtype=np.int64)
             local[used] = np.arange(len(used))
             width = len(used)
             for a in range(0, n, _DIVERSITY_ROWS):
@@ -560,7 +615,8 @@ class _Categories:
                 block = np.ascontiguousarray(local[cls[a:a + _DIVERSITY_ROWS]].T)
                 acc = np.zeros(block.shape[1])
                 for i in range(K - 1):  # Σ_{i<j} J: list position i against all later ones
-                    acc += table.take(block[i + 1:] + block[i] * width, mode="clip").sum(0)
+                    found = table.take(block[i + 1:] + block[i] * width)
+                    acc += (found if values is None else values.take(found)).sum(0)
                 total[a:a + block.shape[1]] = 2.0 * acc
         else:
             slots = np.where(top >= 0, top, self.n_items)

@@ -57,19 +57,21 @@ def _require_finite_scores(scores: np.ndarray, model: Model) -> None:
                          "(`bench ls --model NAME` lists them)")
 
 
-def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...]):
+def evaluate_split(model: Model, split: Split, part: str, topk: int, ks: tuple[int, ...], metrics=None):
+    """(Evaluation, users, recs) of `model` on `part`; `metrics` as in `bench.evaluator.evaluate`."""
     from bench.evaluator import evaluate
 
     truth = split.ground_truth(part)
     users = np.unique(getattr(split, part)["user"].to_numpy())
     recs = top_k(model, users, truth.history, topk)
-    return evaluate(recs, users, truth, ks=ks), users, recs
+    return evaluate(recs, users, truth, ks=ks, metrics=metrics), users, recs
 
 
 def validate(model: Model, split: Split, metric: str = "ndcg@20") -> float:
     """`metric` of `model` on the validation split, through the one evaluator and the same
-    history masking as the final scoring. For early stopping and model selection."""
+    history masking as the final scoring; the evaluator computes that metric alone. For early
+    stopping and model selection."""
     k = int(metric.rsplit("@", 1)[1]) if "@" in metric else 100
-    evaluation, _, _ = evaluate_split(model, split, "valid", topk=max(k, 20), ks=(k,))
+    evaluation, _, _ = evaluate_split(model, split, "valid", topk=max(k, 20), ks=(k,), metrics=[metric])
     value = evaluation.metrics[metric]
     return float("nan") if value is None else float(value)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
 
 class EarlyStopping:
     """Tracks the best validation value, snapshots the state at each improvement, and says
-    when `patience` epochs have passed without one. Higher values are better.
+    when `patience` validations (epochs, when every epoch is validated) have passed without
+    one. Higher values are better.
 
         stopper = EarlyStopping(config.patience, snapshot=lambda: clone_state(net))
         for epoch in range(config.epochs):
@@ -24,6 +27,7 @@ class EarlyStopping:
         self.best_epoch = -1
         self.best_state: Any = None
         self.since = 0
+        self.seconds: dict[str, list[float]] = {}  # filled by fit_with_early_stopping
 
     def update(self, epoch: int, value: float) -> bool:
         """Record epoch `epoch`'s value; True when training should stop."""
@@ -42,20 +46,40 @@ def clone_state(module) -> dict:
 
 def fit_with_early_stopping(model, split, *, epochs: int, patience: int, metric: str,
                             train_epoch: Callable[[], float], snapshot: Callable[[], Any],
-                            restore: Callable[[Any], None], desc: str) -> tuple[list[float], list[float], EarlyStopping]:
+                            restore: Callable[[Any], None], desc: str,
+                            valid_every: int = 1) -> tuple[list[float], list[float], EarlyStopping]:
     """The loop every model written here shares: one training epoch, then `metric` on the
-    validation split through the one evaluator (`bench.scoring.validate`), early stopping, and
-    the best state restored at the end. Returns (train losses, valid values, the stopper)."""
+    validation split through the one evaluator (`bench.scoring.validate`, which computes that
+    metric alone), early stopping, and the best state restored at the end.
+
+    valid_every: validate after every this many epochs (and after the last one); `patience`
+    then counts validations, not epochs. For models whose validation costs more than their
+    training epoch (docs/performance.md).
+
+    Returns (train losses, one per epoch; valid values, one per validation; the stopper, whose
+    best_epoch is an epoch index and whose `seconds` holds the wall seconds of each training
+    epoch and each validation: {"train": [...], "valid": [...]}).
+    """
     from bench.progress import note
     from bench.scoring import validate
 
+    if int(valid_every) < 1:
+        raise ValueError(f"valid_every must be a positive number of epochs, not {valid_every}")
     losses: list[float] = []
     values: list[float] = []
     stopper = EarlyStopping(patience, snapshot)
+    stopper.seconds = {"train": [], "valid": []}
     bar = epoch_bar(epochs, desc)
     for epoch in bar:
+        start = time.perf_counter()
         losses.append(train_epoch())
+        stopper.seconds["train"].append(time.perf_counter() - start)
+        if (epoch + 1) % valid_every and epoch + 1 < epochs:
+            note(loss=losses[-1])
+            continue
+        start = time.perf_counter()
         value = validate(model, split, metric)  # NaN (no valid users) is never "better"
+        stopper.seconds["valid"].append(time.perf_counter() - start)
         values.append(value)
         note(loss=losses[-1], **{metric: value})
         if stopper.update(epoch, value):

@@ -50,6 +50,10 @@ def test_tied_validation_scores_keep_the_first_best_epoch(split, tmp_path, monke
     assert model.info["best_epoch"] == 1 and model.info["best_valid"] == 0.3
     assert not _same(states[1], states[2])  # the two tied epochs have different weights
     assert _same(model.model.state_dict(), states[1])
+    # every epoch and validation is timed (docs/performance.md); the result holds the means
+    assert len(model.timings["train"]) == len(model.timings["valid"]) == 4
+    assert all(wall >= 0 and cpu >= 0 for wall, cpu in model.timings["train"] + model.timings["valid"])
+    assert model.info["train_seconds_per_epoch"] > 0 and model.info["valid_seconds_per_validation"] >= 0
 
 
 def test_a_tie_does_not_restart_the_patience(split, tmp_path, monkeypatch, one_torch_thread):
