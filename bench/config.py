@@ -42,6 +42,9 @@ class Preset:
     # False: its settings check that everything runs (tiny models, a few epochs), so `bench report`
     # never answers a claim of the paper from its results (they read "not tested")
     evidence: bool = True
+    # False when the preset's judge pass only checks that the judge runs (a few users, a weak judge):
+    # `bench report` then does not answer the judge claim from it
+    judge_evidence: bool = True
     # jobs run at once when `bench run --jobs` is not given (capped at the machine's CPU count)
     jobs: int = 1
     topk: int = 100

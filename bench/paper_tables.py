@@ -1446,17 +1446,31 @@ def preset_is_evidence(name: str) -> bool:
         return True
 
 
+def judge_is_evidence(name: str) -> bool:
+    """`preset_is_evidence`, and the preset does not say `judge_evidence: false` (e.g. `cpu`: 4 users
+    judged by the offline 135M model, a check that the judge runs)."""
+    from bench.config import load_preset
+    from bench.errors import BenchError
+
+    try:
+        preset = load_preset(name)
+    except BenchError:
+        return True
+    return preset.evidence and preset.judge_evidence
+
+
 def _not_evidence(presets) -> str:
     """The answer of a claim that only runs at settings that are not evidence could answer."""
     return f"not tested ({', '.join(sorted(set(presets)))} settings are not evidence)"
 
 
-def _pick_blocks(blocks: list, designated: str, usable, preset_of=lambda b: b.preset) -> tuple[list, str, bool]:
+def _pick_blocks(blocks: list, designated: str, usable, preset_of=lambda b: b.preset,
+                 is_evidence=preset_is_evidence) -> tuple[list, str, bool]:
     """(blocks, basis, evidence): the designated preset's usable blocks, else every usable block of a
     preset that is evidence; only when there are none, the usable blocks of presets that are not
     (`evidence: false`), with evidence = False so that the claim reads "not tested"."""
     usable_blocks = [b for b in blocks if usable(b)]
-    real = [b for b in usable_blocks if preset_is_evidence(preset_of(b))]
+    real = [b for b in usable_blocks if is_evidence(preset_of(b))]
     chosen = [b for b in real if preset_of(b) == designated]
     if chosen:
         return chosen, f"from preset `{designated}`", True
@@ -1736,7 +1750,7 @@ def _claim_judge(tables: dict[str, Table]) -> Claim:
 
     chosen, basis, evidence = _pick_blocks(
         t.blocks, PRESET_OF[t.key], lambda r: r["model"] == "pagellm" or str(r["model"]).startswith("pagellm ["),
-        preset_of)
+        preset_of, judge_is_evidence)
     claim = Claim("The LLM judge prefers PageLLM's pages to the best baseline's (Figure 3)", "not run", "", basis,
                   "yes when PageLLM wins more often than it loses in every judged comparison (aspect `overall` "
                   "when present, else every aspect). Significance: two-sided sign test, Holm-corrected.",

@@ -489,6 +489,21 @@ def test_report_answers_from_real_settings_beside_smoke(tmp_path):
     assert "not tested" not in text.split("Notes:")[0].split("| # |")[1]
 
 
+def test_a_judge_pass_marked_not_evidence_answers_no_claim(tmp_path):
+    """`cpu` runs are evidence, but its 4-user judge pass with the offline 135M model is not
+    (`judge_evidence: false`): the judge claim reads "not tested", the others are answered."""
+    from bench.config import load_preset
+
+    assert load_preset("cpu").evidence is True and load_preset("cpu").judge_evidence is False
+    runs = tmp_path / "results" / "runs"
+    shutil.copytree(RUNS, runs)
+    _relabel(runs, "paper", "cpu")
+    text = pt.build_report(Workspace.at(tmp_path))
+    assert ("| 5 | The LLM judge prefers PageLLM's pages to the best baseline's (Figure 3) | "
+            "**not tested (cpu settings are not evidence)** |") in text
+    assert "| 1 | PageLLM is the best model on each dataset (Table 2) | **no** |" in text
+
+
 def test_judge_figure_shows_n_and_wilson_intervals(rendered):
     """Figure 3's bars come with n in their labels and a 95% Wilson interval on the win share (README)."""
     tidy = _tidy(rendered, "judge_winrate")
