@@ -72,7 +72,6 @@ method. Results worth comparing need an instruction-following model (`openai:` o
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -283,7 +282,9 @@ class Tools:
 
 
 def _clean(text) -> str:
-    return _SPACES.sub(" ", html.unescape(str(text or ""))).strip()
+    from bench.data.canonical import clean_text
+
+    return clean_text(text)
 
 
 def _cut(text: str, n: int) -> str:

@@ -88,9 +88,7 @@ Deviations from the paper, deliberately:
 
 from __future__ import annotations
 
-import html
 import logging
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -98,6 +96,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data.canonical import split_categories
 from bench.errors import ConfigError
 from bench.io import atomic_path, hash_json
 from bench.models import Model, ModelConfig
@@ -170,8 +169,11 @@ class UniSRecConfig(ModelConfig):
 # --- item text ---------------------------------------------------------------------------------
 
 def _clean(text: str) -> str:
-    """The authors' clean_text: unescape HTML, drop quotes and newlines, end with exactly one '.'."""
-    text = re.sub(r'["\n\r]*', "", html.unescape(str(text))).strip()
+    """The authors' clean_text on top of the data's one cleaner (`canonical.clean_text`: markup,
+    entities, whitespace): drop quotes, end with exactly one '.'."""
+    from bench.data.canonical import clean_text
+
+    text = clean_text(text).replace('"', "").strip()
     return text.rstrip(".") + "." if text else ""
 
 
@@ -180,7 +182,7 @@ def item_texts(items) -> list[str]:
     out = []
     for title, cats, brand in zip(items["title"].fillna(""), items["categories"].fillna(""),
                                   items["brand"].fillna("")):
-        parts = [_clean(title), _clean(" ".join(c for c in str(cats).split("|") if c.strip())), _clean(brand)]
+        parts = [_clean(title), _clean(" ".join(split_categories(cats))), _clean(brand)]
         out.append(" ".join(p for p in parts if p))
     return out
 
