@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import bench.models
+import bench.scoring
 from bench.training import fit_with_early_stopping
 
 
@@ -17,7 +17,7 @@ def run(monkeypatch, values, *, epochs, patience, valid_every):
         asked.append(len(epochs_trained))  # after how many training epochs
         return values[len(asked) - 1]
 
-    monkeypatch.setattr(bench.models, "validate", validate)
+    monkeypatch.setattr(bench.scoring, "validate", validate)
     restored = []
     losses, valid, stopper = fit_with_early_stopping(
         None, None, epochs=epochs, patience=patience, metric="ndcg@20",
