@@ -1433,30 +1433,28 @@ def write_tables(ws: Workspace, preset: str | None = None) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 
 @cache
-def preset_is_evidence(name: str) -> bool:
-    """False when the shipped preset `name` says `evidence: false` (e.g. `smoke`: tiny settings that check
-    that everything runs); True otherwise, also for a preset that is not shipped (a user's own, an old name):
-    nothing says its settings are not real."""
+def _shipped_flag(name: str, flag: str) -> bool:
+    """The boolean `flag` of the shipped preset `name`; True for a preset that is not shipped (a
+    user's own, an old name) or that this version cannot read: nothing says its settings are not real."""
     from bench.config import load_preset
     from bench.errors import BenchError
 
     try:
-        return load_preset(name).evidence
-    except BenchError:  # unknown name, or a preset file this version cannot read
+        return bool(getattr(load_preset(name), flag))
+    except BenchError:
         return True
+
+
+def preset_is_evidence(name: str) -> bool:
+    """False when the shipped preset `name` says `evidence: false` (e.g. `smoke`: tiny settings that check
+    that everything runs)."""
+    return _shipped_flag(name, "evidence")
 
 
 def judge_is_evidence(name: str) -> bool:
     """`preset_is_evidence`, and the preset does not say `judge_evidence: false` (e.g. `cpu`: 4 users
     judged by the offline 135M model, a check that the judge runs)."""
-    from bench.config import load_preset
-    from bench.errors import BenchError
-
-    try:
-        preset = load_preset(name)
-    except BenchError:
-        return True
-    return preset.evidence and preset.judge_evidence
+    return preset_is_evidence(name) and _shipped_flag(name, "judge_evidence")
 
 
 def _not_evidence(presets) -> str:
