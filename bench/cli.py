@@ -154,10 +154,7 @@ def cmd_ls(args) -> int:
         print(tabulate(cfg.describe(cls), headers=["setting", "default", "help"], tablefmt="github"))
         return 0
     if args.what in ("models", "all"):
-        rows = [(n, e.meta.get("family", ""), "yes" if e.meta.get("gpu") else "no", e.meta.get("minutes", ""))
-                for n, e in ((n, MODELS.entry(n)) for n in MODELS)]
-        print(tabulate(rows, headers=["model", "family", "needs GPU", "typical minutes"], tablefmt="github"))
-        print()
+        _list_models(MODELS)
     if args.what in ("datasets", "all"):
         rows = []
         for n in dataset_names(ws):
@@ -169,6 +166,39 @@ def cmd_ls(args) -> int:
         rows = [(n, cfg.load_preset(n).description) for n in cfg.preset_names()]
         print(tabulate(rows, headers=["preset", "description"], tablefmt="github", maxcolwidths=[None, 90]))
     return 0
+
+
+def _list_models(models) -> None:
+    """One row per model; then, per measured machine (bench/configs/costs.yaml), seconds per job."""
+    from tabulate import tabulate
+
+    from bench.costs import load_profiles
+
+    profiles = load_profiles()
+    headers = ["model", "family", "needs GPU"]
+    for profile in profiles:
+        headers += [f"s: {dataset} ({profile.name})" for dataset in profile.datasets]
+    rows = []
+    for name in models:
+        entry = models.entry(name)
+        row = [name, entry.meta.get("family", ""), "yes" if entry.meta.get("gpu") else "no"]
+        for profile in profiles:
+            row += [_seconds(profile.model_seconds(name, dataset)) for dataset in profile.datasets]
+        rows.append(row)
+    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    for profile in profiles:
+        sizes = "; ".join(f"{dataset}: {size}" for dataset, size in profile.datasets.items())
+        print(f"\n{profile.name}: {profile.hardware}. Measured by {profile.run} ({sizes}). Seconds of one job "
+              "alone (fit + predict; PageLLM variants count their shared stages in full); blank: not run there.")
+    if not profiles:
+        print("\nNo measured costs (bench/configs/costs.yaml is missing): see scripts/measure_costs.py.")
+    print()
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
 
 
 def cmd_run(args) -> int:

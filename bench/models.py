@@ -83,31 +83,28 @@ def _recbole_by_name(name: str):
 
 
 MODELS: Registry[type[Model]] = Registry("model", dynamic=_recbole_by_name)
-# name, "module:Class", family, needs_gpu, typical minutes on a paper-size dataset (CPU for sanity models)
-MODELS.register("random", "baselines.popularity:RandomModel", family="sanity", gpu=False, minutes=0.1)
-MODELS.register("pop", "baselines.popularity:PopModel", family="sanity", gpu=False, minutes=0.1)
-MODELS.register("itemknn", "baselines.itemknn:ItemKNN", family="sanity", gpu=False, minutes=1)
-MODELS.register("ease", "baselines.ease:EASE", family="sanity", gpu=False, minutes=2)
-MODELS.register("multivae", "baselines.recbole_adapter:MultiVAE", family="recbole-general", gpu=False, minutes=5)
-MODELS.register("lightgcn", "baselines.recbole_adapter:LightGCN", family="recbole-general", gpu=True, minutes=30)
-MODELS.register("bert4rec", "baselines.recbole_adapter:BERT4Rec", family="recbole-sequential", gpu=True, minutes=60)
-MODELS.register("s3rec", "baselines.recbole_adapter:S3Rec", family="recbole-sequential", gpu=True, minutes=120)
-MODELS.register("fdsa", "baselines.recbole_adapter:FDSA", family="recbole-sequential", gpu=True, minutes=60)
-MODELS.register("sasrec", "baselines.recbole_adapter:SASRec", family="recbole-sequential", gpu=True, minutes=30)
-MODELS.register("gru4rec", "baselines.recbole_adapter:GRU4Rec", family="recbole-sequential", gpu=True, minutes=20)
-MODELS.register("md-cvae", "baselines.mdcvae:MDCVAE", family="hybrid", gpu=True, minutes=15)
-MODELS.register("hstu", "baselines.hstu:HSTU", family="sequential", gpu=True, minutes=30)
+# name, "module:Class", family, needs_gpu; measured seconds per job: bench/configs/costs.yaml (bench.costs)
+MODELS.register("random", "baselines.popularity:RandomModel", family="sanity", gpu=False)
+MODELS.register("pop", "baselines.popularity:PopModel", family="sanity", gpu=False)
+MODELS.register("itemknn", "baselines.itemknn:ItemKNN", family="sanity", gpu=False)
+MODELS.register("ease", "baselines.ease:EASE", family="sanity", gpu=False)
+MODELS.register("multivae", "baselines.recbole_adapter:MultiVAE", family="recbole-general", gpu=False)
+MODELS.register("lightgcn", "baselines.recbole_adapter:LightGCN", family="recbole-general", gpu=True)
+MODELS.register("bert4rec", "baselines.recbole_adapter:BERT4Rec", family="recbole-sequential", gpu=True)
+MODELS.register("s3rec", "baselines.recbole_adapter:S3Rec", family="recbole-sequential", gpu=True)
+MODELS.register("fdsa", "baselines.recbole_adapter:FDSA", family="recbole-sequential", gpu=True)
+MODELS.register("sasrec", "baselines.recbole_adapter:SASRec", family="recbole-sequential", gpu=True)
+MODELS.register("gru4rec", "baselines.recbole_adapter:GRU4Rec", family="recbole-sequential", gpu=True)
+MODELS.register("md-cvae", "baselines.mdcvae:MDCVAE", family="hybrid", gpu=True)
+MODELS.register("hstu", "baselines.hstu:HSTU", family="sequential", gpu=True)
 # UniSRec pre-trained on the preset's other datasets (the paper's), and without pre-training
-MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True, minutes=90)
+MODELS.register("unisrec", "baselines.unisrec:UniSRec", family="sequential-text", gpu=True)
 MODELS.register("unisrec-scratch", "baselines.unisrec:UniSRecScratch", family="sequential-text", gpu=True,
-                minutes=60, settings="unisrec")
-MODELS.register("recmind", "baselines.recmind:RecMind", family="llm-agent", gpu=True, minutes=240)
+                settings="unisrec")
+MODELS.register("recmind", "baselines.recmind:RecMind", family="llm-agent", gpu=True)
 # PageLLM and its ablations (Table 1, Appendix G) read bench/configs/models/pagellm.yaml
-MODELS.register("pagellm", "pagellm.model:PageLLM", family="pagellm", gpu=True, minutes=240)
-MODELS.register("pagellm-item", "pagellm.model:PageLLMItem", family="pagellm", gpu=True, minutes=240,
-                settings="pagellm")
-MODELS.register("pagellm-page", "pagellm.model:PageLLMPage", family="pagellm", gpu=True, minutes=240,
-                settings="pagellm")
-MODELS.register("pagellm-sft", "pagellm.model:PageLLMSFT", family="pagellm", gpu=True, minutes=120,
-                settings="pagellm")
+MODELS.register("pagellm", "pagellm.model:PageLLM", family="pagellm", gpu=True)
+MODELS.register("pagellm-item", "pagellm.model:PageLLMItem", family="pagellm", gpu=True, settings="pagellm")
+MODELS.register("pagellm-page", "pagellm.model:PageLLMPage", family="pagellm", gpu=True, settings="pagellm")
+MODELS.register("pagellm-sft", "pagellm.model:PageLLMSFT", family="pagellm", gpu=True, settings="pagellm")
 

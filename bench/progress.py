@@ -9,8 +9,8 @@ Parallel workers draw none (their bars would overwrite each other and the grid's
         loss = train_one_epoch()
         progress.note(loss=loss, **{"ndcg@20": value})   # shown beside the innermost open bar
 
-The grid's bar (`GridProgress`) estimates the time left from the models' cost hints (the
-registry's ``minutes``): the remaining jobs' hints at the pace of the jobs that ran so far,
+The grid's bar (`GridProgress`) estimates the time left from the models' cost hints (their
+seconds measured on a reference machine, ``bench/configs/costs.yaml``): the remaining jobs' hints at the pace of the jobs that ran so far,
 instead of the mean time of a finished job (a 4-hour LLM job then no longer looks like a
 2-second popularity job).
 """

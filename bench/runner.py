@@ -32,6 +32,7 @@ from bench.io import atomic_path, hash_json, write_json_atomic, write_text_atomi
 from bench.locks import lock_if_free
 from bench.models import MODELS
 from bench.paths import Workspace
+from bench.costs import cost_hints
 from bench.provenance import PeakMemory, provenance
 from bench.scoring import evaluate_split, top_k  # noqa: F401 - top_k: still importable from here (tests, recmind)
 
@@ -342,7 +343,8 @@ def run_grid(jobs: list[Job], preset: cfg.Preset, ws: Workspace, *, overwrite: b
             outcomes[index] = _failed(job, ws, split)
         else:
             runnable.append((index, job, split))
-    grid = GridProgress({index: cost_hint(job) for index, job, _ in runnable}, total=len(jobs),
+    hints = cost_hints()
+    grid = GridProgress({index: cost_hint(job, hints) for index, job, _ in runnable}, total=len(jobs),
                         done=len(outcomes), show=progress)
     if scheduler:
         from bench.cluster import run_on_dask
@@ -399,13 +401,12 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-DEFAULT_COST_MINUTES = 30.0  # models without a cost hint (e.g. recbole:NARM)
-
-
-def cost_hint(job: Job) -> float:
-    """The registry's typical minutes of the job's model: the grid's ETA weighs jobs by it."""
-    try:
-        minutes = MODELS.entry(job.model_class_name).meta.get("minutes")
-    except BenchError:
-        minutes = None
-    return float(minutes) if isinstance(minutes, (int, float)) and minutes > 0 else DEFAULT_COST_MINUTES
+def cost_hint(job: Job, hints: dict[str, float] | None = None) -> float:
+    """The job's model's measured seconds (bench/configs/costs.yaml): the grid's ETA weighs jobs
+    by them. A model never measured (e.g. recbole:NARM) weighs as the median measured model."""
+    hints = cost_hints() if hints is None else hints
+    seconds = hints.get(job.model, hints.get(job.model_class_name))  # an alias, then its model
+    if seconds is not None and seconds > 0:
+        return float(seconds)
+    measured = sorted(s for s in hints.values() if s > 0)
+    return measured[len(measured) // 2] if measured else 1.0

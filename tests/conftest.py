@@ -57,3 +57,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def progress_decided_by_the_terminal():
+    """`bench run --no-progress` (through `bench.cli.main`) turns bars off for the whole process;
+    reset it after each test so a test's outcome never depends on which test ran before it."""
+    yield
+    from bench import progress
+
+    progress.set_enabled(None)
