@@ -23,7 +23,7 @@ offline word-level vocabulary of 2,003 words instead of GPT-2's 50,257) and user
                 weights and AdamW state during the whole step (gradients, activations, logits)
     item logits peak memory of the item head alone (hidden states in, gradient out): fine-tuning
                 (B, T, N), a decoding step (64, N); pre-training's full-vocabulary loss over
-                8 x 128 positions and V = 50,257 + users + items, at once and chunked
+                8 x 256 positions and V = 50,257 + users + items, at once and chunked
     decoding    seconds per user of greedy top-100 item-only decoding (`decode_many`, 16 users,
                 batch 16), and of its item head alone (logits, mask, argmax: 100 steps)
 
@@ -297,7 +297,7 @@ def extrapolate(rows: list[dict], users: int, items: int) -> dict:
     head = fit(n, [r["decode_head_seconds_per_user"] for r in rows])
     # Decoding = the trunk (independent of N) + the item head (a product with N rows: taken as
     # proportional to N, from the largest size, where the item rows no longer fit a CPU cache).
-    trunk_decode = float(np.mean([r["decode_seconds_per_user"] - r["decode_head_seconds_per_user"] for r in rows]))
+    trunk_decode = float(np.median([r["decode_seconds_per_user"] - r["decode_head_seconds_per_user"] for r in rows]))
     head_per_item = rows[-1]["decode_head_seconds_per_user"] / rows[-1]["n_items"]
     load = fit([r["n_users"] + r["n_items"] for r in rows], [r["load_seconds"] for r in rows])
     encode = fit([r["n_users"] + r["n_items"] for r in rows], [r["encode_seconds_per_prompt"] for r in rows])
@@ -330,6 +330,15 @@ def extrapolate(rows: list[dict], users: int, items: int) -> dict:
     budget = {name: {"with_square": peak(frozen, activations(b, t, True) + lg),
                      "without_square": peak(frozen, activations(b, t, False) + lg)}
               for name, (frozen, b, t, lg) in cases.items()}
+
+    def largest_batch(frozen: int, batch: int, tokens: float, logits: float, square: bool) -> int:
+        """The largest batch <= `batch` whose step fits GPU_BYTES (activations and logits scale with it); 0: none."""
+        return max((b for b in range(1, batch + 1)
+                    if peak(frozen, activations(b, tokens, square) + logits * b / batch) <= GPU_BYTES), default=0)
+
+    batches = {name: {"with_square": largest_batch(frozen, b, t, lg, True),
+                      "without_square": largest_batch(frozen, b, t, lg, False)}
+               for name, (frozen, b, t, lg) in cases.items()}
     return {
         "users": users, "items": items, "vocab": v_target, "trunk_params": trunk, "params": params,
         "embedding_bytes": 4 * v_target * D, "new_rows_bytes": 4 * (users + items) * D,
@@ -349,6 +358,7 @@ def extrapolate(rows: list[dict], users: int, items: int) -> dict:
         "decode_head_gflop_per_user": 2 * D * items * TOP_K / 1e9,
         "budget_gib": {k: {kk: vv / gb for kk, vv in v.items()} for k, v in budget.items()},
         "fits": {k: {kk: bool(vv <= GPU_BYTES) for kk, vv in v.items()} for k, v in budget.items()},
+        "largest_batch_that_fits": batches,
         "fits_linear": {"finetune_logits": ft, "decode_logits": dec, "pretrain_whole_logits": pre_whole,
                         "step_peak_vs_vocab": step_peak, "optimizer_seconds_vs_vocab": adam,
                         "decode_seconds_vs_items": decode, "decode_head_seconds_vs_items": head,
@@ -402,7 +412,7 @@ def report(rows: list[dict], ext: dict, args) -> str:
               "per row; CPU, sdpa attention)",
               f"- AdamW + clip on this CPU: {ext['optimizer_step_cpu_seconds']:.1f} s per step",
               f"- top-100 decoding on this CPU: {ext['decode_cpu_seconds_per_user']:.2f} s per user = the trunk "
-              f"(mean over the sizes) + the item head ({ext['decode_head_cpu_seconds_per_user']:.2f} s, "
+              f"(median over the sizes) + the item head ({ext['decode_head_cpu_seconds_per_user']:.2f} s, "
               f"{ext['decode_head_gflop_per_user']:.0f} GFLOP, proportional to N from the largest size); all "
               f"{ext['users']:,} users: {ext['decode_cpu_hours_all_users']:.0f} CPU hours",
               f"- building the backbone (adding {ext['users'] + ext['items']:,} tokens, initialising the rows): "
@@ -411,11 +421,13 @@ def report(rows: list[dict], ext: dict, args) -> str:
               "", "GPU memory at the peak of a training step (float32 weights + gradients + AdamW + the larger of "
               "activations + logits and AdamW's temporaries), against 24 GiB; activations with the L^2 term "
               "measured here (attention weights materialised, as on this CPU) and without it (a memory-efficient "
-              "attention kernel):", "", "| step | GiB, with L^2 | GiB, without |", "|---|---|---|"]
+              "attention kernel); and the largest batch that fits:", "",
+              "| step | GiB, with L^2 | GiB, without | batch that fits, with / without |", "|---|---|---|---|"]
     for k, v in ext["budget_gib"].items():
-        fits = ext["fits"][k]
+        fits, most = ext["fits"][k], ext["largest_batch_that_fits"][k]
         lines.append(f"| {k} | {v['with_square']:.1f}{'' if fits['with_square'] else ' (does NOT fit)'} | "
-                     f"{v['without_square']:.1f}{'' if fits['without_square'] else ' (does NOT fit)'} |")
+                     f"{v['without_square']:.1f}{'' if fits['without_square'] else ' (does NOT fit)'} | "
+                     f"{most['with_square']} / {most['without_square']} |")
     return "\n".join(lines) + "\n"
 
 
