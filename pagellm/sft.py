@@ -36,6 +36,8 @@ from pagellm.backbones import Backbone, ListBatch, allowed_mask, banned_matrix, 
 logger = logging.getLogger(__name__)
 
 MAX_GRAD_NORM = 1.0
+# Logits computed at once by the full-vocabulary loss (`token_loss`): 2^26 floats = 256 MiB each copy.
+MAX_LOGITS = 2**26
 
 
 def batches(n: int, batch_size: int, generator) -> list:
@@ -86,14 +88,39 @@ def last_hidden(backbone: Backbone, seqs: Sequence[Sequence[int]]):
 
 def next_token_loss(backbone: Backbone, seqs: Sequence[Sequence[int]]):
     """Mean cross-entropy of every real token given the ones before it (eq. 3)."""
-    import torch.nn.functional as F
-
     ids, mask, pos = right_padded(seqs, backbone.pad_id, backbone.device)
     h = backbone.hidden(ids, mask, pos)
     keep = (mask[:, 1:] & mask[:, :-1]).bool()
     # Logits only where a target exists: the full-vocabulary product is the memory peak.
-    logits = backbone.token_logits(h[:, :-1][keep])
-    return F.cross_entropy(logits.float(), ids[:, 1:][keep])
+    return token_loss(backbone, h[:, :-1][keep], ids[:, 1:][keep])
+
+
+def token_loss(backbone: Backbone, states, targets, max_logits: int = MAX_LOGITS):
+    """Mean full-vocabulary cross-entropy: (M, d) hidden states, (M,) target token ids -> scalar.
+
+    The vocabulary holds a token per user and per item (V = words + users + items: about 486k
+    for Amazon Sports with GPT-2), so the (M, V) logits of a batch, with their log-softmax and
+    gradients, can outgrow a GPU (docs/performance.md, "PageLLM at 104k items"). When M x V
+    exceeds `max_logits`, the positions are taken in chunks whose logits are recomputed in the
+    backward pass instead of kept (activation checkpointing): the peak is one chunk's, the loss
+    and gradients are the same up to rounding."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    vocab = backbone.tokens.vocab_size
+    if len(targets) * vocab <= max_logits:
+        return F.cross_entropy(backbone.token_logits(states).float(), targets)
+
+    def chunk_sum(h, t):
+        return F.cross_entropy(backbone.token_logits(h).float(), t, reduction="sum")
+
+    size = max(1, max_logits // vocab)
+    total = torch.zeros((), device=states.device)
+    for start in range(0, len(targets), size):
+        total = total + checkpoint(chunk_sum, states[start:start + size], targets[start:start + size],
+                                   use_reentrant=False)
+    return total / len(targets)
 
 
 def list_nll(backbone: Backbone, prompts: Sequence[Sequence[int]], lists: Sequence[Sequence[int]],

@@ -27,7 +27,7 @@ from pagellm.data import DataConfig, PreferencePair, history_prompt  # noqa: E40
 from pagellm.model import PageLLM, PageLLMConfig, PageLLMSFT, _HistoryLookup, run_stage, shared_dir  # noqa: E402
 from pagellm.ppo import PPOSettings, PPOTrainer  # noqa: E402
 from pagellm.reward import RewardModels, new_reward_model, pair_accuracy, train_reward_model  # noqa: E402
-from pagellm.sft import list_nll, optimizer, step  # noqa: E402
+from pagellm.sft import list_nll, optimizer, step, token_loss  # noqa: E402
 
 CPU = torch.device("cpu")
 # Learns synthetic-tiny in seconds: large steps, no validation passes.
@@ -195,6 +195,23 @@ def test_restricted_distribution_is_the_same_in_training_and_decoding():
     allowed = allowed_mask(banned, items)
     # Teacher forcing the greedy list reproduces its choices under the same mask.
     assert torch.equal(logits.masked_fill(~allowed, float("-inf")).argmax(-1), items)
+
+
+def test_full_vocabulary_loss_in_chunks_equals_the_loss_at_once():
+    """Pre-training's next-token loss over a vocabulary too large for its logits at once (a
+    token per user and per item) is taken in checkpointed chunks: same loss, same gradients."""
+    backbone = load_backbone("tiny", 30, 40, CPU, texts=["<u_0> rated <i_1> 5 out of 5."], seed=5)
+    head = backbone.base.get_output_embeddings().weight
+    vocab = backbone.tokens.vocab_size
+    states = torch.randn(23, head.shape[1], requires_grad=True)
+    targets = torch.randint(vocab, (23,), generator=torch.Generator().manual_seed(0))
+    whole = token_loss(backbone, states, targets)
+    expected = torch.autograd.grad(whole, [states, head])
+    chunked = token_loss(backbone, states, targets, max_logits=5 * vocab)  # chunks of 5, 5, 5, 5, 3
+    got = torch.autograd.grad(chunked, [states, head])
+    assert torch.allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-7)
 
 
 # --- the registered pipeline -------------------------------------------------------------------
