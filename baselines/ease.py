@@ -10,11 +10,12 @@ becomes B (float32, 4 bytes a cell) in place:
   3. B[i, j] = -P[i, j] / P[j, j], B[j, j] = 0, in place; a float64 B is then cast to float32
      in the first half of its own buffer, whose second half goes back to the allocator.
 
-The peak is therefore one n_items^2 matrix, measured at 8.0 (float64) and 4.0 (float32) bytes per
-n_items^2, where the former code (float32 and float64 copies of G, np.linalg.inv's copies, the
-float32 cast of B) peaked at 28 (docs/performance.md, "Memory of item-item models"). The fit
-checks its need against the available memory before it allocates anything (`bench.memory`) and
-refuses, naming the need and `--set ease.dtype=float32`, a job that would not fit.
+The peak is therefore one n_items^2 matrix: 8 (float64) or 4 (float32) bytes per n_items^2 plus
+13-66 MB (a block of G's rows, copies of X), measured at 2,000 to 16,000 items, where the former
+code (float32 and float64 copies of G, np.linalg.inv's copies, the float32 cast of B) peaked at
+32 (docs/performance.md, "Memory of item-item models"). The fit checks its need against the
+available memory before it allocates anything (`bench.memory`) and refuses, naming the need and
+`--set ease.dtype=float32`, a job that would not fit.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from bench.models import Model, ModelConfig
 from bench.scoring import SCORE_BATCH
 
 DTYPES = ("float64", "float32")
-# Measured peak resident memory of `ease_weights` per n_items^2, on top of what the process held
-# before (scripts/memory_factors.py, n_items = 2,000 to 8,000; docs/performance.md).
+# Peak resident memory of `ease_weights` per n_items^2, on top of what the process held before;
+# the measured excess (13-66 MB at 2,000 to 16,000 items: scripts/memory_factors.py,
+# docs/performance.md) is within the BLOCK_BYTES added to it.
 FIT_BYTES_PER_CELL = {"float64": 8.0, "float32": 4.0}
 BLOCK_BYTES = 2**28  # the co-occurrences of one block of rows of G, and of one block of B's cast
 # The training matrix as CSR in the harness (float32) and as the two float `dtype` copies the Gram
@@ -68,7 +70,8 @@ class EASE(Model):
         n = split.n_items
         need = memory_need(n, len(split.train), config.dtype)
         if config.dtype == "float64":
-            fix = (f"Lower it with --set ease.dtype=float32 (about {memory.gib(memory_need(n, len(split.train), 'float32'))}), "
+            need32 = memory_need(n, len(split.train), "float32")
+            fix = (f"Lower it with --set ease.dtype=float32 (about {memory.gib(need32)}), "
                    "or run it on a machine with more memory or on a dataset with fewer items")
         else:
             fix = "float32 is the least it takes: run it on a machine with more memory or on a dataset with fewer items"
