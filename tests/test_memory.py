@@ -1,5 +1,5 @@
-"""Memory checks before big allocations (issue 12, section 3): the reader of available memory
-and the one refusal message."""
+"""Memory checks before big allocations (issue 12, section 3): the reader of available memory,
+the one refusal message, and the runner recording a refused job as failed while the grid goes on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import memory
+from bench.cli import main
 from bench.errors import BenchError, NotEnoughMemory
 
 GIB = 2**30
@@ -68,3 +69,19 @@ def test_require_names_need_available_and_fix(monkeypatch):
     assert isinstance(err.value, BenchError)
     assert str(err.value) == ("m needs about 9.5 GiB for its matrix (n_items=123,456); this machine has "
                               "10.0 GiB available. Lower it with --set m.x=1")
+
+
+def test_refused_job_is_a_failed_job_with_the_message_and_the_grid_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)  # 1 MiB: ease and itemknn cannot fit
+    code = main(["--root", str(tmp_path), "run", "--models", "ease,pop,itemknn", "--datasets", "synthetic-tiny",
+                 "--preset", "smoke", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "1 ran, 0 skipped, 2 failed" in captured.out
+    assert "ease needs about" in captured.err and "--set ease.dtype=float32" in captured.err
+    assert "itemknn needs about" in captured.err
+    assert "this machine has 0.0 GiB available" in captured.err
+    runs = tmp_path / "results" / "runs"
+    assert list(runs.rglob("pop/*.json")) and not list(runs.rglob("ease/*.json"))
+    tb = list((tmp_path / "results" / "failures").glob("*ease*.txt"))
+    assert tb and "NotEnoughMemory" in tb[0].read_text()
