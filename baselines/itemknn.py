@@ -8,7 +8,8 @@ the product from each item's users (an item's co-occurrences are at most the sum
 lengths of its users), and chosen from the memory available. Memory is thus O(one block +
 n_items k), and the result is the same as computing everything at once, ties included.
 The fit checks that n_items k neighbours, a minimal block and the scoring fit in the available
-memory before it starts (`bench.memory`), and refuses, naming `--set itemknn.k`, if not.
+memory before it starts (`bench.memory`), and refuses the job if not, naming `--set itemknn.k`
+where the neighbours are most of the need (docs/performance.md, "Memory of item-item models").
 """
 
 from __future__ import annotations
