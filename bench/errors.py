@@ -37,3 +37,9 @@ class NotApplicable(BenchError):
     """A model cannot run on this dataset by design (e.g. S3Rec needs item attributes).
 
     The runner records the job as not applicable, with the reason, instead of failed."""
+
+
+class NotEnoughMemory(BenchError):
+    """A job whose estimated memory need exceeds what this machine has available, refused before
+    it allocates anything big (`bench.memory.require`). The message names the need and the
+    setting that lowers it; the runner records the job as failed and runs the rest."""

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from bench.models import Model
 
 
-def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = 1024) -> np.ndarray:
+SCORE_BATCH = 1024  # users scored at once: (SCORE_BATCH, n_items) scores exist at a time
+
+
+def top_k(model: Model, users: np.ndarray, history, k: int, batch_size: int = SCORE_BATCH) -> np.ndarray:
     """(len(users), k) item indices, best first, history removed, -1 where fewer than k remain.
 
     The one place where lists are cut: every model's history is masked here, identically, and
