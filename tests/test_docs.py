@@ -37,3 +37,14 @@ def test_no_reference_to_documents_outside_the_repository():
     found = [f"{path.relative_to(ROOT)}: {m.group(1)}" for path in _files()
              for m in OUTSIDE.finditer(path.read_text(errors="replace"))]
     assert not found, found
+
+
+CONFLICT = re.compile(r"^(<{7} \S|>{7} \S|={7}$)", re.M)
+
+
+def test_no_merge_conflict_markers_were_committed():
+    """A merge once landed `<<<<<<< HEAD` ... `>>>>>>> main` in the README's command table."""
+    found = [f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}"
+             for path in _files() for text in [path.read_text(errors="replace")]
+             for m in CONFLICT.finditer(text)]
+    assert not found, found
