@@ -143,6 +143,12 @@ def out_of_range(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
         return ~np.isfinite(values) | (values < bounds[0]) | (values > bounds[1])
 
 
+def in_range(value: float, bounds: tuple[float, float]) -> bool:
+    """The rule of `out_of_range` for one number, without numpy (readers check every line):
+    False when it is NaN, infinite or outside `bounds`."""
+    return bounds[0] <= value <= bounds[1]
+
+
 def make_interactions(df: pd.DataFrame, source: object) -> pd.DataFrame:
     """Validate and type a reader's output; raise one clear error when it is empty or a rating
     or timestamp is out of range (readers check first, naming the line; this is the backstop)."""

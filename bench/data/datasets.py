@@ -108,6 +108,10 @@ DATASETS.register("synthetic-tiny", DatasetSpec(
 DATASETS.register("synthetic-medium", DatasetSpec(
     "synthetic-medium", "synthetic", "Synthetic", "embedded: generated 2018-format reviews + metadata (size medium)",
     size="medium"))
+DATASETS.register("synthetic-sports", DatasetSpec(
+    "synthetic-sports", "synthetic", "Synthetic",
+    "embedded: generated 2018-format reviews + metadata at the size of Amazon 2018 Sports "
+    "(2.84M reviews, 332k users, 105k items; minutes to generate, for scale tests)", size="sports"))
 
 EMBEDDED = ["am-instruments-2014", "synthetic"]  # what the default run uses
 READER_VERSION = 2  # bump when a reader changes what it produces: cached tables are rebuilt

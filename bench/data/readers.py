@@ -61,6 +61,7 @@ from bench.data.canonical import (
     TIMESTAMP_RANGE,
     TIMESTAMP_RULE,
     dedupe_latest,
+    in_range,
     k_core,
     make_interactions,
     make_items,
@@ -429,7 +430,7 @@ def _rating(value: Any, key: str, path: Path, lineno: int) -> float:
     if isinstance(value, bool) or math.isnan(rating):
         raise DataError(f"non-numeric rating {value!r} in field {key!r}", path, lineno,
                         fix="ratings must be numbers such as 4.0")
-    if out_of_range(np.array([rating]), RATING_RANGE)[0]:
+    if not in_range(rating, RATING_RANGE):
         raise DataError(f"rating {value!r} in field {key!r} out of range", path, lineno, fix=RATING_RULE)
     return rating
 
@@ -443,7 +444,7 @@ def _timestamp(value: Any, key: str, path: Path, lineno: int, per_second: int = 
     if isinstance(value, bool) or math.isnan(number):
         raise DataError(f"non-numeric timestamp {value!r} in field {key!r}", path, lineno,
                         fix="timestamps must be unix times (numbers)")
-    if out_of_range(np.array([number / per_second]), TIMESTAMP_RANGE)[0]:
+    if not in_range(number / per_second, TIMESTAMP_RANGE):
         raise DataError(f"timestamp {value!r} in field {key!r} out of range{_unit(per_second)}", path, lineno,
                         fix=TIMESTAMP_RULE)
     return (value if isinstance(value, int) else int(number)) // per_second

@@ -60,24 +60,25 @@ def sequential_rows(split, part: str, max_len: int = 50) -> pd.DataFrame:
     else:
         context = pd.concat([split.train, split.valid])
     ordered = in_time_order(context)
-    ids = split.item_ids
-    seqs = {u: list(ids[g["item"].to_numpy()]) for u, g in ordered.groupby("user", sort=False)}
-    rows_u, rows_h, rows_t = [], [], []
-    if part == "train":
-        for u, seq in seqs.items():
-            for k in range(1, len(seq)):
-                rows_u.append(u)
-                rows_h.append(" ".join(seq[max(0, k - max_len):k]))
-                rows_t.append(seq[k])
-    else:
+    users = ordered["user"].to_numpy()
+    items = split.item_ids[ordered["item"].to_numpy()].tolist()  # original ids, each user's oldest first
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    # (starts: where each user's rows begin)
+    first = np.repeat(starts, np.diff(np.r_[starts, len(users)]))  # per row: its user's first row
+    if part == "train":  # every prefix of a user's items predicts the next one
+        at = np.flatnonzero(np.arange(len(users)) > first)
+        rows_u = users[at]
+        rows_h = [" ".join(items[max(f, p - max_len):p]) for p, f in zip(at.tolist(), first[at].tolist())]
+        rows_t = [items[p] for p in at.tolist()]
+    else:  # a user's whole context (the last max_len items) predicts each of its targets
+        ends = np.r_[starts[1:], len(users)]
+        history = {u: " ".join(items[max(s, e - max_len):e])
+                   for u, s, e in zip(users[starts].tolist(), starts.tolist(), ends.tolist())}
         target = in_time_order(getattr(split, part))
-        for u, item in zip(target["user"].to_numpy(), target["item"].to_numpy()):
-            seq = seqs.get(u, [])
-            if not seq:
-                continue
-            rows_u.append(u)
-            rows_h.append(" ".join(seq[-max_len:]))
-            rows_t.append(ids[item])
+        keep = np.isin(target["user"].to_numpy(), users[starts])  # users without a context have no row
+        rows_u = target["user"].to_numpy()[keep]
+        rows_h = [history[u] for u in rows_u.tolist()]
+        rows_t = split.item_ids[target["item"].to_numpy()[keep]].tolist()
     return pd.DataFrame({"u": split.user_ids[np.asarray(rows_u, dtype=np.int64)], "h": rows_h, "t": rows_t})
 
 
