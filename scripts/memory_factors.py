@@ -64,27 +64,6 @@ def _old_ease(x, l2: float):
     return b.astype(np.float32)
 
 
-def _old_itemknn(x, k: int, shrink: float):
-    """The former ItemKNN fit: all co-occurrences X^T X at once, then the top k per column."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    x = x.astype(np.float64)
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
-    co = (x.T @ x).tocoo()
-    sim = co.data / (norms[co.row] * norms[co.col] + shrink)
-    sim = sp.csr_matrix((sim.astype(np.float32), (co.row, co.col)), shape=co.shape)
-    coo = sim.tocoo()
-    off = (coo.row != coo.col) & (coo.data != 0)
-    coo = sp.coo_matrix((coo.data[off], (coo.row[off], coo.col[off])), shape=sim.shape)
-    order = np.lexsort((coo.row, -coo.data, coo.col))
-    cols = coo.col[order]
-    starts = np.r_[0, np.flatnonzero(cols[1:] != cols[:-1]) + 1] if len(cols) else np.zeros(0, dtype=int)
-    rank = np.arange(len(cols)) - np.repeat(starts, np.diff(np.r_[starts, len(cols)]))
-    keep = order[rank < k]
-    return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=sim.shape)
-
-
 def one(model: str, n_items: int, variant: str) -> dict:
     import numpy as np
 
@@ -107,6 +86,9 @@ def one(model: str, n_items: int, variant: str) -> dict:
 
     if variant in ("rss-old", "rss", "rss-64mib"):
         from baselines.itemknn import BLOCK_BYTES, BYTES_PER_COOCCURRENCE
+        # the former fit, all co-occurrences X^T X at once: the oracle the tests keep (imported
+        # before the measurement starts)
+        from tests.test_itemknn import _all_at_once as _old_itemknn
 
         # the former code; the fit's blocks on a big machine; blocks of 64 MiB
         budget = BLOCK_BYTES if variant == "rss" else 2**26
