@@ -108,7 +108,7 @@ def item_features(items, max_title_words: int = 5000, min_word_count: int = 2) -
     return matrix, vocab
 
 
-def _mlp(torch, sizes: list[int], activation) -> "torch.nn.Sequential":
+def _mlp(torch, sizes: list[int], activation):
     layers = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [torch.nn.Linear(a, b), activation()]

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
