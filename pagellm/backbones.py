@@ -231,7 +231,6 @@ def load_backbone(name: str, n_users: int, n_items: int, device, *, source: str 
     vocabulary is built from. dtype: "float32" | "bfloat16" | "float16" (float32 for training
     unless memory forces otherwise). LoRA is added by the caller (`Backbone.add_lora`), per stage.
     """
-
     if name not in BACKBONES:
         raise ConfigError(f"unknown PageLLM backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     torch_dtype = _dtype(dtype)

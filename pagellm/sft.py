@@ -127,7 +127,6 @@ def list_nll(backbone: Backbone, prompts: Sequence[Sequence[int]], lists: Sequen
              banned_rows: Sequence[Sequence[int]]):
     """Mean -log p(item) over the real list positions (eq. 4), each item drawn from the item tokens
     allowed at its position. prompts: B token-id lists; lists: B item lists; banned_rows: B item lists."""
-
     device = backbone.device
     batch = ListBatch.build(prompts, lists, backbone.tokens, backbone.pad_id, device)
     items, p, t = batch.items, batch.prompt_len, batch.items.shape[1]
