@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
+# a benchmark only: `pytest -m slow` (the long tests) stays free of its 12-18 minutes
+pytestmark = pytest.mark.benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_GROWTH = 1.5  # per-review cost at the largest size / at the smallest
